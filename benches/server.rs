@@ -10,7 +10,10 @@ use pretext::train::{DeviceRequest, MetricPoint, TrainEvent};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -26,7 +29,10 @@ async fn new_run(state: &pretext::web::AppState) -> i64 {
     .unwrap();
     let id = state.store.create_run(&config).await.unwrap().id;
     let start = Instant::now();
-    while state.store.get_run(id).await.unwrap().unwrap().status == pretext::store::RunStatus::Queued && start.elapsed() < Duration::from_secs(5) {
+    while state.store.get_run(id).await.unwrap().unwrap().status
+        == pretext::store::RunStatus::Queued
+        && start.elapsed() < Duration::from_secs(5)
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     id
@@ -34,7 +40,13 @@ async fn new_run(state: &pretext::web::AppState) -> i64 {
 
 async fn ingest(state: &pretext::web::AppState) {
     const STEPS: i64 = 200_000;
-    const KEYS: [&str; 5] = ["train/loss", "train/lr", "train/images_per_sec", "train/embedding_std", "train/data_wait_frac"];
+    const KEYS: [&str; 5] = [
+        "train/loss",
+        "train/lr",
+        "train/images_per_sec",
+        "train/embedding_std",
+        "train/data_wait_frac",
+    ];
     let id = new_run(state).await;
     let writer = state.executor.writer();
     let t0 = Instant::now();
@@ -44,21 +56,34 @@ async fn ingest(state: &pretext::web::AppState) {
         for step in 0..STEPS {
             let points: Vec<MetricPoint> = KEYS
                 .iter()
-                .map(|k| MetricPoint { key: k.to_string(), step, epoch: 0, value: step as f64, wall_time: now() })
+                .map(|k| MetricPoint {
+                    key: k.to_string(),
+                    step,
+                    epoch: 0,
+                    value: step as f64,
+                    wall_time: now(),
+                })
                 .collect();
             let t = Instant::now();
-            writer.send(WriterMsg::Event(id, TrainEvent::Metrics(points))).unwrap();
+            writer
+                .send(WriterMsg::Event(id, TrainEvent::Metrics(points)))
+                .unwrap();
             send_time += t.elapsed();
         }
         send_time
     });
-    let send_time = tokio::task::spawn_blocking(move || producer.join().unwrap()).await.unwrap();
+    let send_time = tokio::task::spawn_blocking(move || producer.join().unwrap())
+        .await
+        .unwrap();
     let total = STEPS * KEYS.len() as i64;
     while state.store.count_points(id).await.unwrap() < total {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!("ingest: {total} points into SQLite in {secs:.2} s = {:.0} points/s (target >= 100000)", total as f64 / secs);
+    println!(
+        "ingest: {total} points into SQLite in {secs:.2} s = {:.0} points/s (target >= 100000)",
+        total as f64 / secs
+    );
     println!(
         "ingest: training thread cost {:.0} ns per report of {} points ({:.1} ns/point) — it never waits on SQLite",
         send_time.as_nanos() as f64 / STEPS as f64,
@@ -73,7 +98,9 @@ async fn live_latency(state: &pretext::web::AppState, base: &str) {
     let id = new_run(state).await;
     let mut sockets = Vec::new();
     for _ in 0..WATCHERS {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{base}/api/runs/{id}/live")).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{base}/api/runs/{id}/live"))
+            .await
+            .unwrap();
         ws.next().await.unwrap().unwrap(); // snapshot
         sockets.push(ws);
     }
@@ -82,7 +109,9 @@ async fn live_latency(state: &pretext::web::AppState, base: &str) {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(POINTS);
             while lat.len() < POINTS {
-                let Some(Ok(msg)) = ws.next().await else { break };
+                let Some(Ok(msg)) = ws.next().await else {
+                    break;
+                };
                 let Ok(text) = msg.into_text() else { continue };
                 let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
                 if v["type"] == "points" {
@@ -97,8 +126,16 @@ async fn live_latency(state: &pretext::web::AppState, base: &str) {
     }
     let writer = state.executor.writer();
     for step in 0..POINTS as i64 {
-        let p = MetricPoint { key: "train/loss".into(), step, epoch: 0, value: 1.0, wall_time: now() };
-        writer.send(WriterMsg::Event(id, TrainEvent::Metrics(vec![p]))).unwrap();
+        let p = MetricPoint {
+            key: "train/loss".into(),
+            step,
+            epoch: 0,
+            value: 1.0,
+            wall_time: now(),
+        };
+        writer
+            .send(WriterMsg::Event(id, TrainEvent::Metrics(vec![p])))
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut all = Vec::new();
@@ -121,7 +158,13 @@ async fn chart_read(state: &pretext::web::AppState, base: &str) {
     for chunk in (0..N).collect::<Vec<_>>().chunks(100_000) {
         let pts: Vec<MetricPoint> = chunk
             .iter()
-            .map(|&s| MetricPoint { key: "train/loss".into(), step: s, epoch: 0, value: (s as f64 * 1e-3).sin(), wall_time: s as f64 })
+            .map(|&s| MetricPoint {
+                key: "train/loss".into(),
+                step: s,
+                epoch: 0,
+                value: (s as f64 * 1e-3).sin(),
+                wall_time: s as f64,
+            })
             .collect();
         state.store.insert_points(id, &pts).await.unwrap();
     }
@@ -132,7 +175,13 @@ async fn chart_read(state: &pretext::web::AppState, base: &str) {
         let t = Instant::now();
         let body: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
         times.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(body["metrics"]["train/loss"]["steps"].as_array().unwrap().len() <= 1000);
+        assert!(
+            body["metrics"]["train/loss"]["steps"]
+                .as_array()
+                .unwrap()
+                .len()
+                <= 1000
+        );
     }
     let cold = times.remove(0);
     times.sort_by(f64::total_cmp);

@@ -16,7 +16,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: &str, message: impl Into<String>) -> Self {
-        Self { field: field.to_string(), message: message.into() }
+        Self {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 
@@ -73,7 +76,11 @@ pub struct SimclrConfig {
 
 impl Default for SimclrConfig {
     fn default() -> Self {
-        Self { temperature: 0.5, projection_hidden_dim: 512, projection_dim: 128 }
+        Self {
+            temperature: 0.5,
+            projection_hidden_dim: 512,
+            projection_dim: 128,
+        }
     }
 }
 
@@ -181,7 +188,11 @@ pub struct EvalConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        Self { knn_k: 200, knn_temperature: 0.1, every_epochs: 1 }
+        Self {
+            knn_k: 200,
+            knn_temperature: 0.1,
+            every_epochs: 1,
+        }
     }
 }
 
@@ -190,11 +201,24 @@ impl RunConfig {
     pub fn from_json(value: serde_json::Value) -> Result<Self, ConfigError> {
         let config: RunConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "config".to_string() } else { path };
+            let field = if path == "." {
+                "config".to_string()
+            } else {
+                path
+            };
             ConfigError::new(&field, e.inner().to_string())
         })?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Makes a relative `data.path` absolute against `base` (the server's
+    /// working directory), so a stored run means the same after a restart
+    /// from another directory.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        if self.data.path.is_relative() {
+            self.data.path = base.join(&self.data.path);
+        }
     }
 
     /// Semantic checks serde cannot express.
@@ -207,7 +231,12 @@ impl RunConfig {
             MethodConfig::Simclr(c) => {
                 positive_finite("method.temperature", c.temperature)?;
                 range("method.projection_dim", c.projection_dim, 1, 65_536)?;
-                range("method.projection_hidden_dim", c.projection_hidden_dim, 1, 65_536)?;
+                range(
+                    "method.projection_hidden_dim",
+                    c.projection_hidden_dim,
+                    1,
+                    65_536,
+                )?;
             }
         }
         if self.data.path.as_os_str().is_empty() {
@@ -242,12 +271,23 @@ impl RunConfig {
             return Err(ConfigError::new("train.momentum", "must be in [0, 1)"));
         }
         if !(self.train.weight_decay >= 0.0 && self.train.weight_decay.is_finite()) {
-            return Err(ConfigError::new("train.weight_decay", "must be a finite number >= 0"));
+            return Err(ConfigError::new(
+                "train.weight_decay",
+                "must be a finite number >= 0",
+            ));
         }
         if self.train.warmup_epochs > self.train.epochs {
-            return Err(ConfigError::new("train.warmup_epochs", "must not exceed train.epochs"));
+            return Err(ConfigError::new(
+                "train.warmup_epochs",
+                "must not exceed train.epochs",
+            ));
         }
-        range("train.log_every_steps", self.train.log_every_steps, 1, 1_000_000)?;
+        range(
+            "train.log_every_steps",
+            self.train.log_every_steps,
+            1,
+            1_000_000,
+        )?;
         range("eval.knn_k", self.eval.knn_k, 1, 100_000)?;
         positive_finite("eval.knn_temperature", self.eval.knn_temperature)?;
         range("eval.every_epochs", self.eval.every_epochs, 1, 100_000)?;
@@ -269,7 +309,10 @@ fn range(field: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigError>
 
 fn positive_finite(field: &str, v: f64) -> Result<(), ConfigError> {
     if !(v.is_finite() && v > 0.0) {
-        return Err(ConfigError::new(field, format!("must be a finite number > 0, got {v}")));
+        return Err(ConfigError::new(
+            field,
+            format!("must be a finite number > 0, got {v}"),
+        ));
     }
     Ok(())
 }
@@ -311,11 +354,17 @@ mod tests {
     fn semantic_errors_name_the_field() {
         let mut v = minimal();
         v["method"]["temperature"] = json!(0.0);
-        assert_eq!(RunConfig::from_json(v).unwrap_err().field, "method.temperature");
+        assert_eq!(
+            RunConfig::from_json(v).unwrap_err().field,
+            "method.temperature"
+        );
         let mut v = minimal();
         v["data"]["max_train_images"] = json!(10);
         v["train"] = json!({"batch_size": 64});
-        assert_eq!(RunConfig::from_json(v).unwrap_err().field, "train.batch_size");
+        assert_eq!(
+            RunConfig::from_json(v).unwrap_err().field,
+            "train.batch_size"
+        );
     }
 
     #[test]

@@ -87,12 +87,16 @@ impl Executor {
                 Ok(Some(run)) => {
                     let id = run.id;
                     self.run_job(&services, run.id, run.config, device).await;
-                    self.cancels.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    self.cancels
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&id);
                 }
                 Ok(None) => {
                     // Polling as well as waking keeps the queue moving even if
                     // a wake-up is lost (e.g. a run inserted by another process).
-                    let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
                 }
                 Err(e) => {
                     tracing::error!("claiming the next run failed: {e}");
@@ -102,12 +106,21 @@ impl Executor {
         }
     }
 
-    async fn run_job(&self, services: &Services, run_id: i64, config: serde_json::Value, device: DeviceRequest) {
+    async fn run_job(
+        &self,
+        services: &Services,
+        run_id: i64,
+        config: serde_json::Value,
+        device: DeviceRequest,
+    ) {
         publish_status(services, run_id).await;
         let config: RunConfig = match serde_json::from_value(config) {
             Ok(c) => c,
             Err(e) => {
-                let _ = self.writer.send(WriterMsg::Finished(run_id, Err(format!("stored config: {e}"))));
+                let _ = self.writer.send(WriterMsg::Finished(
+                    run_id,
+                    Err(format!("stored config: {e}")),
+                ));
                 return;
             }
         };
@@ -121,26 +134,33 @@ impl Executor {
         };
         let (done_tx, done_rx) = oneshot::channel();
         let writer = self.writer.clone();
-        let spawned = std::thread::Builder::new().name(format!("train-run-{run_id}")).spawn(move || {
-            let sink_writer = writer.clone();
-            let sink: train::EventSink = Box::new(move |ev| {
-                let _ = sink_writer.send(WriterMsg::Event(run_id, ev));
+        let spawned = std::thread::Builder::new()
+            .name(format!("train-run-{run_id}"))
+            .spawn(move || {
+                let sink_writer = writer.clone();
+                let sink: train::EventSink = Box::new(move |ev| {
+                    let _ = sink_writer.send(WriterMsg::Event(run_id, ev));
+                });
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    train::run(job, sink)
+                }));
+                let result = match result {
+                    Ok(Ok(outcome)) => Ok(outcome),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(panic) => Err(format!("training panicked: {}", panic_message(&panic))),
+                };
+                let _ = writer.send(WriterMsg::Finished(run_id, result));
+                let _ = done_tx.send(());
             });
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train::run(job, sink)));
-            let result = match result {
-                Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(panic) => Err(format!("training panicked: {}", panic_message(&panic))),
-            };
-            let _ = writer.send(WriterMsg::Finished(run_id, result));
-            let _ = done_tx.send(());
-        });
         match spawned {
             Ok(_) => {
                 let _ = done_rx.await;
             }
             Err(e) => {
-                let _ = self.writer.send(WriterMsg::Finished(run_id, Err(format!("could not start a training thread: {e}"))));
+                let _ = self.writer.send(WriterMsg::Finished(
+                    run_id,
+                    Err(format!("could not start a training thread: {e}")),
+                ));
             }
         }
     }
@@ -181,11 +201,39 @@ async fn apply_batch(s: &Services, batch: Vec<WriterMsg>) {
         match msg {
             WriterMsg::Event(id, TrainEvent::DeviceChosen { device }) => devices.push((id, device)),
             WriterMsg::Event(id, TrainEvent::Metrics(p)) => points.entry(id).or_default().extend(p),
-            WriterMsg::Event(id, TrainEvent::Progress { step, total_steps, epoch, epochs }) => {
-                progress.insert(id, Progress { step, total_steps, epoch, epochs });
+            WriterMsg::Event(
+                id,
+                TrainEvent::Progress {
+                    step,
+                    total_steps,
+                    epoch,
+                    epochs,
+                },
+            ) => {
+                progress.insert(
+                    id,
+                    Progress {
+                        step,
+                        total_steps,
+                        epoch,
+                        epochs,
+                    },
+                );
             }
-            WriterMsg::Event(id, TrainEvent::Checkpoint { name, path, bytes, sha256 }) => {
-                let rel = path.strip_prefix(&s.data_dir).unwrap_or(&path).to_string_lossy().into_owned();
+            WriterMsg::Event(
+                id,
+                TrainEvent::Checkpoint {
+                    name,
+                    path,
+                    bytes,
+                    sha256,
+                },
+            ) => {
+                let rel = path
+                    .strip_prefix(&s.data_dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
                 checkpoints.push(Checkpoint {
                     run_id: id,
                     name,
@@ -200,7 +248,9 @@ async fn apply_batch(s: &Services, batch: Vec<WriterMsg>) {
     }
     // Each part logs and carries on: a failed write must not strand the
     // terminal status of a run behind it.
-    let log = |what: &str, id: i64, e: crate::store::StoreError| tracing::error!(run_id = id, "writing {what}: {e}");
+    let log = |what: &str, id: i64, e: crate::store::StoreError| {
+        tracing::error!(run_id = id, "writing {what}: {e}")
+    };
     for (id, device) in devices {
         match s.store.set_device(id, &device).await {
             Ok(()) => publish_status(s, id).await,
@@ -211,7 +261,12 @@ async fn apply_batch(s: &Services, batch: Vec<WriterMsg>) {
         match s.store.insert_points(id, &pts).await {
             Ok(()) => {
                 s.cache.append(id, &pts).await;
-                s.hub.publish(id, &wire::Msg::Points { points: pts.iter().map(Into::into).collect() });
+                s.hub.publish(
+                    id,
+                    &wire::Msg::Points {
+                        points: pts.iter().map(Into::into).collect(),
+                    },
+                );
             }
             Err(e) => log("metric points", id, e),
         }
@@ -224,7 +279,12 @@ async fn apply_batch(s: &Services, batch: Vec<WriterMsg>) {
     }
     for c in checkpoints {
         match s.store.add_checkpoint(&c).await {
-            Ok(()) => s.hub.publish(c.run_id, &wire::Msg::Checkpoint { checkpoint: (&c).into() }),
+            Ok(()) => s.hub.publish(
+                c.run_id,
+                &wire::Msg::Checkpoint {
+                    checkpoint: (&c).into(),
+                },
+            ),
             Err(e) => log("checkpoint", c.run_id, e),
         }
     }

@@ -31,7 +31,9 @@ impl Hub {
     /// between is missed (at worst it is seen twice; clients upsert by step).
     pub fn subscribe(&self, run_id: i64) -> broadcast::Receiver<LiveMsg> {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.entry(run_id).or_insert_with(|| broadcast::channel(CAPACITY).0).subscribe()
+        runs.entry(run_id)
+            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .subscribe()
     }
 
     /// Sends `msg` (serialised once) to the run's watchers, if any.
@@ -94,14 +96,26 @@ pub mod wire {
     #[serde(tag = "type", rename_all = "snake_case")]
     pub enum Msg<'a> {
         /// First message on connect, and again after a lag: replace all state.
-        Snapshot { run: &'a Run, metrics: &'a BTreeMap<String, Series> },
+        Snapshot {
+            run: &'a Run,
+            metrics: &'a BTreeMap<String, Series>,
+            checkpoints: Vec<CheckpointView>,
+        },
         /// New points: append (upsert by step).
-        Points { points: Vec<Point<'a>> },
+        Points {
+            points: Vec<Point<'a>>,
+        },
         Progress(Progress),
-        Status { run: &'a Run },
-        Checkpoint { checkpoint: CheckpointView },
+        Status {
+            run: &'a Run,
+        },
+        Checkpoint {
+            checkpoint: CheckpointView,
+        },
         /// The watcher fell behind and missed `skipped` messages; a snapshot follows.
-        Lagged { skipped: u64 },
+        Lagged {
+            skipped: u64,
+        },
     }
 
     #[derive(Serialize)]
@@ -115,7 +129,13 @@ pub mod wire {
 
     impl<'a> From<&'a MetricPoint> for Point<'a> {
         fn from(p: &'a MetricPoint) -> Self {
-            Self { key: &p.key, step: p.step, epoch: p.epoch, value: p.value, wall_time: p.wall_time }
+            Self {
+                key: &p.key,
+                step: p.step,
+                epoch: p.epoch,
+                value: p.value,
+                wall_time: p.wall_time,
+            }
         }
     }
 

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "pretext", version, about = "Train self-supervised vision models and watch them live")]
+#[command(
+    name = "pretext",
+    version,
+    about = "Train self-supervised vision models and watch them live"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { addr, data_dir, static_dir } => {
+        Command::Serve {
+            addr,
+            data_dir,
+            static_dir,
+        } => {
             if let Err(e) = serve(addr, data_dir, static_dir).await {
                 eprintln!("pretext: {e}");
                 return std::process::ExitCode::FAILURE;
@@ -47,16 +55,29 @@ async fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-async fn serve(addr: SocketAddr, data_dir: PathBuf, static_dir: Option<PathBuf>) -> Result<(), String> {
+async fn serve(
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    static_dir: Option<PathBuf>,
+) -> Result<(), String> {
     let mut config = pretext::server::ServerConfig::new(data_dir)?;
     if let Some(dir) = static_dir {
         config.static_dir = dir;
     }
-    let state = pretext::server::start(config).await.map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    tracing::info!("pretext listening on http://{addr} (data dir {})", state.data_dir.display());
+    let state = pretext::server::start(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(
+        "pretext listening on http://{addr} (data dir {})",
+        state.data_dir.display()
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    pretext::server::serve(listener, state, shutdown).await.map_err(|e| e.to_string())
+    pretext::server::serve(listener, state, shutdown)
+        .await
+        .map_err(|e| e.to_string())
 }

@@ -34,7 +34,11 @@ pub fn downsample(s: &Series, max_points: usize) -> Series {
                 imax = i;
             }
         }
-        let (a, b2) = if imin <= imax { (imin, imax) } else { (imax, imin) };
+        let (a, b2) = if imin <= imax {
+            (imin, imax)
+        } else {
+            (imax, imin)
+        };
         keep.push(a);
         if b2 != a {
             keep.push(b2);
@@ -89,7 +93,11 @@ pub struct MetricCache {
 
 impl MetricCache {
     pub fn new(capacity_points: usize) -> Self {
-        Self { entries: Mutex::new(HashMap::new()), clock: AtomicU64::new(0), capacity_points }
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            capacity_points,
+        }
     }
 
     /// Applies freshly committed points to whichever series are cached.
@@ -115,7 +123,13 @@ impl MetricCache {
         let map_key = (run_id, key.to_string());
         if !entries.contains_key(&map_key) {
             let series = store.read_series(run_id, key).await?;
-            entries.insert(map_key.clone(), Entry { series, last_used: tick });
+            entries.insert(
+                map_key.clone(),
+                Entry {
+                    series,
+                    last_used: tick,
+                },
+            );
             self.evict(&mut entries, &map_key);
         }
         let entry = entries.get_mut(&map_key).expect("inserted above");
@@ -217,8 +231,16 @@ mod tests {
         let d = downsample(&series(&v), 10);
         for b in 0..4 {
             let base = b as f64 * 100.0;
-            assert!(d.values.contains(&(base + 9.0)), "bucket {b} max missing: {:?}", d.values);
-            assert!(d.values.contains(&(base - 9.0)), "bucket {b} min missing: {:?}", d.values);
+            assert!(
+                d.values.contains(&(base + 9.0)),
+                "bucket {b} max missing: {:?}",
+                d.values
+            );
+            assert!(
+                d.values.contains(&(base - 9.0)),
+                "bucket {b} min missing: {:?}",
+                d.values
+            );
         }
         assert_eq!(d.len(), 10);
     }

@@ -43,27 +43,42 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("data dir {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
 
 /// Opens everything and returns the state behind the router.
 pub async fn start(config: ServerConfig) -> Result<AppState, BootError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| BootError::DataDir { path: config.data_dir.clone(), source })?;
-    let data_dir = std::fs::canonicalize(&config.data_dir)
-        .map_err(|source| BootError::DataDir { path: config.data_dir.clone(), source })?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| BootError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let data_dir =
+        std::fs::canonicalize(&config.data_dir).map_err(|source| BootError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let store = Store::open(&data_dir.join("pretext.sqlite")).await?;
     let orphans = store
-        .fail_orphaned_runs("the server stopped while this run was running (resuming runs is not supported yet)")
+        .fail_orphaned_runs(
+            "the server stopped while this run was running (resuming runs is not supported yet)",
+        )
         .await?;
     if orphans > 0 {
         tracing::warn!("marked {orphans} run(s) left running by a previous process as failed");
     }
     let hub = Arc::new(Hub::new());
     let cache = Arc::new(MetricCache::new(CACHE_POINTS));
-    let services = Services { store: store.clone(), hub: hub.clone(), cache: cache.clone(), data_dir: data_dir.clone() };
+    let services = Services {
+        store: store.clone(),
+        hub: hub.clone(),
+        cache: cache.clone(),
+        data_dir: data_dir.clone(),
+    };
     let executor = Executor::start(services, config.device);
     Ok(AppState {
         store,
@@ -82,5 +97,7 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

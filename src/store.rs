@@ -47,7 +47,10 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled)
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
     }
 }
 
@@ -124,7 +127,10 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -184,7 +190,10 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -215,10 +224,12 @@ impl Store {
 
     /// Newest first.
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<Run>> {
-        let rows = sqlx::query(&format!("select {RUN_COLUMNS} from run order by id desc limit ?"))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "select {RUN_COLUMNS} from run order by id desc limit ?"
+        ))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(run_from_row).collect()
     }
 
@@ -300,9 +311,11 @@ impl Store {
     /// Inserts points in one transaction; a repeated (run, key, step) replaces
     /// the old value so a replayed batch never duplicates a step.
     pub async fn insert_points(&self, run_id: i64, points: &[MetricPoint]) -> Result<()> {
+        // Full chunks share one SQL text, so SQLite parses it once and sqlx
+        // reuses the prepared statement; only the tail is prepared anew.
+        const ROWS: usize = 500;
         let mut tx = self.pool.begin().await?;
-        // Multi-row inserts: SQLite allows 32766 bound parameters; 6 per row.
-        for chunk in points.chunks(5000) {
+        for chunk in points.chunks(ROWS) {
             let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "insert or replace into scalar (run_id, key, step, epoch, value, wall_time) ",
             );
@@ -314,7 +327,10 @@ impl Store {
                     .push_bind(p.value)
                     .push_bind(p.wall_time);
             });
-            qb.build().execute(&mut *tx).await?;
+            qb.build()
+                .persistent(chunk.len() == ROWS)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -322,7 +338,10 @@ impl Store {
 
     /// Points stored for a run, over all keys.
     pub async fn count_points(&self, run_id: i64) -> Result<i64> {
-        let row = sqlx::query("select count(*) from scalar where run_id = ?").bind(run_id).fetch_one(&self.pool).await?;
+        let row = sqlx::query("select count(*) from scalar where run_id = ?")
+            .bind(run_id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get(0)?)
     }
 
@@ -331,7 +350,9 @@ impl Store {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| r.try_get("key").map_err(Into::into)).collect()
+        rows.iter()
+            .map(|r| r.try_get("key").map_err(Into::into))
+            .collect()
     }
 
     /// Every point of one metric, in step order.

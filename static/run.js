@@ -637,6 +637,8 @@
         attempts = 0;
         if (msg.run) applyRun(msg.run);
         replaceAll(msg.metrics);
+        // Checkpoints written while the socket was down arrive with the snapshot.
+        if (Array.isArray(msg.checkpoints)) msg.checkpoints.forEach(addCheckpoint);
         break;
       case 'points':
         appendPoints(msg.points);

@@ -1,5 +1,6 @@
 //! Projection / prediction heads built from a list of Linear-BN-ReLU blocks (lightly's `ProjectionHead`).
 
+use crate::train::batchnorm::batch_norm;
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::relu;
@@ -46,8 +47,12 @@ impl<B: Backend> ProjectionHead<B> {
             .map(|s| HeadBlock {
                 // PyTorch's default Linear init (burn's default is the same
                 // Kaiming-uniform with a = sqrt(5)).
-                linear: LinearConfig::new(s.input, s.output).with_bias(!s.batch_norm).init(device),
-                bn: s.batch_norm.then(|| BatchNormConfig::new(s.output).init(device)),
+                linear: LinearConfig::new(s.input, s.output)
+                    .with_bias(!s.batch_norm)
+                    .init(device),
+                bn: s
+                    .batch_norm
+                    .then(|| BatchNormConfig::new(s.output).init(device)),
                 relu: s.relu,
             })
             .collect();
@@ -58,7 +63,7 @@ impl<B: Backend> ProjectionHead<B> {
         self.blocks.iter().fold(x, |x, block| {
             let mut x = block.linear.forward(x);
             if let Some(bn) = &block.bn {
-                x = bn.forward(x);
+                x = batch_norm(bn, x);
             }
             if block.relu {
                 x = relu(x);
@@ -72,8 +77,18 @@ impl<B: Backend> ProjectionHead<B> {
 /// `SimCLRProjectionHead`): `Linear -> BN -> ReLU -> Linear`.
 pub fn simclr_projection(input: usize, hidden: usize, output: usize) -> Vec<BlockSpec> {
     vec![
-        BlockSpec { input, output: hidden, batch_norm: true, relu: true },
-        BlockSpec { input: hidden, output, batch_norm: false, relu: false },
+        BlockSpec {
+            input,
+            output: hidden,
+            batch_norm: true,
+            relu: true,
+        },
+        BlockSpec {
+            input: hidden,
+            output,
+            batch_norm: false,
+            relu: false,
+        },
     ]
 }
 

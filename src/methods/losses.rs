@@ -30,13 +30,13 @@ pub fn nt_xent<B: Backend>(z_a: Tensor<B, 2>, z_b: Tensor<B, 2>, temperature: f6
     let device = z_a.device();
     let z = l2_normalize(Tensor::cat(vec![z_a, z_b], 0)); // [2n, d]
     let logits = z.clone().matmul(z.transpose()) / temperature; // [2n, 2n]
-    // Exclude each view's similarity with itself (k != i). A large finite
-    // value, not -inf, keeps every backend's softmax and its gradient finite;
-    // exp(-1e9) is exactly 0 in f32.
+                                                                // Exclude each view's similarity with itself (k != i). A large finite
+                                                                // value, not -inf, keeps every backend's softmax and its gradient finite;
+                                                                // exp(-1e9) is exactly 0 in f32.
     let self_mask = Tensor::<B, 2, Bool>::diag_mask([2 * n, 2 * n], 0, &device).bool_not(); // true on the diagonal
     let logits = logits.mask_fill(self_mask, -1.0e9);
     let log_prob = log_softmax(logits, 1); // [2n, 2n]
-    // Row i's positive is i + n (first half) or i - n (second half).
+                                           // Row i's positive is i + n (first half) or i - n (second half).
     let positives = Tensor::<B, 1, Int>::arange(0..(2 * n) as i64, &device)
         .add_scalar(n as i64)
         .remainder_scalar((2 * n) as i64)
@@ -66,17 +66,30 @@ mod tests {
         }
         let sim = |i: usize, j: usize| z[i].iter().zip(&z[j]).map(|(p, q)| p * q).sum::<f64>() / t;
         let l = |i: usize, j: usize| {
-            let denom: f64 = (0..z.len()).filter(|&k| k != i).map(|k| sim(i, k).exp()).sum();
+            let denom: f64 = (0..z.len())
+                .filter(|&k| k != i)
+                .map(|k| sim(i, k).exp())
+                .sum();
             -(sim(i, j).exp() / denom).ln()
         };
         let n = a.len();
-        (0..n).map(|k| l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k)).sum::<f64>() / (2 * n) as f64
+        (0..n)
+            .map(|k| l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k))
+            .sum::<f64>()
+            / (2 * n) as f64
     }
 
     fn rows(t: &Tensor<Flex, 2>) -> Vec<Vec<f64>> {
         let [n, d] = t.dims();
         let v = t.to_data().to_vec::<f32>().unwrap();
-        (0..n).map(|i| v[i * d..(i + 1) * d].iter().map(|&x| f64::from(x)).collect()).collect()
+        (0..n)
+            .map(|i| {
+                v[i * d..(i + 1) * d]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect()
+            })
+            .collect()
     }
 
     #[test]
@@ -87,7 +100,10 @@ mod tests {
             let b = Tensor::<Flex, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
             let expected = naive_nt_xent(&rows(&a), &rows(&b), t);
             let got = f64::from(nt_xent(a, b, t).into_scalar());
-            assert!((got - expected).abs() < 1e-4, "n {n} d {d} t {t}: {got} vs {expected}");
+            assert!(
+                (got - expected).abs() < 1e-4,
+                "n {n} d {d} t {t}: {got} vs {expected}"
+            );
         }
     }
 
@@ -96,7 +112,10 @@ mod tests {
         // Two orthogonal images, each view equal to its pair: positives have
         // cosine 1, negatives 0; at t = 0.1 the loss is -log(e^10 / (e^10 + 2)).
         let device = Default::default();
-        let a = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+        let a = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
+            &device,
+        );
         let got = f64::from(nt_xent(a.clone(), a, 0.1).into_scalar());
         let expected = -(10f64.exp() / (10f64.exp() + 2.0)).ln();
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
@@ -105,7 +124,10 @@ mod tests {
     #[test]
     fn normalize_keeps_zero_rows_finite() {
         let device = Default::default();
-        let x = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.0f32, 0.0, 3.0, 4.0], [2, 2]), &device);
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 3.0, 4.0], [2, 2]),
+            &device,
+        );
         let v = l2_normalize(x).into_data().to_vec::<f32>().unwrap();
         assert_eq!(v, vec![0.0, 0.0, 0.6, 0.8]);
     }

@@ -82,7 +82,11 @@ pub trait MethodVisitor<B: AutodiffBackend> {
 }
 
 /// Builds the method named in the config on `device` and hands it to `visitor`.
-pub fn build<B: AutodiffBackend, V: MethodVisitor<B>>(config: &RunConfig, device: &B::Device, visitor: V) -> V::Output {
+pub fn build<B: AutodiffBackend, V: MethodVisitor<B>>(
+    config: &RunConfig,
+    device: &B::Device,
+    visitor: V,
+) -> V::Output {
     let backbone = ResNetConfig::preset(config.backbone.preset);
     match &config.method {
         MethodConfig::Simclr(c) => visitor.visit(simclr::SimClr::<B>::new(c, &backbone, device)),

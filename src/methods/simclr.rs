@@ -22,10 +22,18 @@ pub struct SimClr<B: Backend> {
 impl<B: Backend> SimClr<B> {
     pub fn new(config: &SimclrConfig, backbone: &ResNetConfig, device: &B::Device) -> Self {
         let projection = ProjectionHead::new(
-            &simclr_projection(backbone.feat_dim(), config.projection_hidden_dim, config.projection_dim),
+            &simclr_projection(
+                backbone.feat_dim(),
+                config.projection_hidden_dim,
+                config.projection_dim,
+            ),
             device,
         );
-        Self { backbone: backbone.init(device), projection, temperature: config.temperature }
+        Self {
+            backbone: backbone.init(device),
+            projection,
+            temperature: config.temperature,
+        }
     }
 
     /// Projections of a batch of images.
@@ -59,7 +67,11 @@ impl<B: AutodiffBackend> SslMethod<B> for SimClr<B> {
         let z_a = z.clone().narrow(0, 0, n); // [n, p]
         let z_b = z.narrow(0, n, n); // [n, p]
         let loss = nt_xent(z_a.clone(), z_b, self.temperature);
-        StepOutput { loss, embedding: z_a.detach(), scalars: Vec::new() }
+        StepOutput {
+            loss,
+            embedding: z_a.detach(),
+            scalars: Vec::new(),
+        }
     }
 
     fn backbone(&self) -> &ResNet<B> {
@@ -79,7 +91,11 @@ mod tests {
     type B = Autodiff<Flex>;
 
     fn tiny() -> (SimclrConfig, ResNetConfig) {
-        let cfg = SimclrConfig { temperature: 0.5, projection_hidden_dim: 32, projection_dim: 16 };
+        let cfg = SimclrConfig {
+            temperature: 0.5,
+            projection_hidden_dim: 32,
+            projection_dim: 16,
+        };
         (cfg, ResNetConfig::new(vec![8, 16], vec![1, 1]))
     }
 
@@ -111,11 +127,15 @@ mod tests {
         // The second view is a noisy copy, so positives are learnable.
         let b = a.clone() + Tensor::random([8, 3, 16, 16], Distribution::Normal(0.0, 0.3), &device);
         let mut optim = SgdConfig::new()
-            .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0)))
+            .with_momentum(Some(
+                MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+            ))
             .init::<B, SimClr<B>>();
         let mut losses = Vec::new();
         for _ in 0..15 {
-            let out = model.step(Views { views: vec![a.clone(), b.clone()] });
+            let out = model.step(Views {
+                views: vec![a.clone(), b.clone()],
+            });
             let loss: f64 = out.loss.clone().into_scalar().elem();
             losses.push(loss);
             let grads = GradientsParams::from_grads(out.loss.backward(), &model);

@@ -10,7 +10,9 @@ use std::time::UNIX_EPOCH;
 
 /// True when `path` names a gzipped tarball (`.tar.gz` or `.tgz`).
 pub fn is_archive(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_ascii_lowercase());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase());
     matches!(name, Some(n) if n.ends_with(".tar.gz") || n.ends_with(".tgz"))
 }
 
@@ -48,7 +50,10 @@ pub fn unpack_once(archive: &Path, cache_dir: &Path, cancel: &AtomicBool) -> Res
         return Ok(final_dir);
     }
     fs::create_dir_all(&datasets).map_err(|e| {
-        TrainError::Data(format!("cannot create cache folder {}: {e}", datasets.display()))
+        TrainError::Data(format!(
+            "cannot create cache folder {}: {e}",
+            datasets.display()
+        ))
     })?;
     let tmp_dir = datasets.join(format!(
         ".tmp-{}-{}-{:x}",
@@ -57,7 +62,10 @@ pub fn unpack_once(archive: &Path, cache_dir: &Path, cancel: &AtomicBool) -> Res
         rand::random::<u64>()
     ));
     fs::create_dir(&tmp_dir).map_err(|e| {
-        TrainError::Data(format!("cannot create cache folder {}: {e}", tmp_dir.display()))
+        TrainError::Data(format!(
+            "cannot create cache folder {}: {e}",
+            tmp_dir.display()
+        ))
     })?;
 
     let result = extract(archive, &tmp_dir, cancel);
@@ -75,8 +83,11 @@ pub fn unpack_once(archive: &Path, cache_dir: &Path, cancel: &AtomicBool) -> Res
         }
         Err(e) => {
             let _ = fs::remove_dir_all(&tmp_dir);
-            Err(TrainError::Data(format!("cannot move unpacked archive into {}: {e}", final_dir.display()))
-                .into())
+            Err(TrainError::Data(format!(
+                "cannot move unpacked archive into {}: {e}",
+                final_dir.display()
+            ))
+            .into())
         }
     }
 }
@@ -89,7 +100,10 @@ fn extract(archive: &Path, dest: &Path, cancel: &AtomicBool) -> Result<(), Halt>
         .map_err(|e| TrainError::Data(format!("cannot open archive {}: {e}", archive.display())))?;
     let mut tar = tar::Archive::new(GzDecoder::new(std::io::BufReader::new(file)));
     let bad = |e: std::io::Error| {
-        TrainError::Data(format!("corrupt or unreadable archive {}: {e}", archive.display()))
+        TrainError::Data(format!(
+            "corrupt or unreadable archive {}: {e}",
+            archive.display()
+        ))
     };
     for (i, entry) in tar.entries().map_err(bad)?.enumerate() {
         // Checking every 256 entries keeps cancel latency well under a second.
@@ -108,7 +122,10 @@ fn extract(archive: &Path, dest: &Path, cancel: &AtomicBool) -> Result<(), Halt>
 
 /// File name without `.tar.gz` / `.tgz`, restricted to safe characters.
 fn archive_stem(archive: &Path) -> String {
-    let name = archive.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = archive
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let lower = name.to_ascii_lowercase();
     let cut = if lower.ends_with(".tar.gz") {
         name.len() - 7
@@ -119,7 +136,13 @@ fn archive_stem(archive: &Path) -> String {
     };
     let stem: String = name[..cut]
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if stem.is_empty() {
         "archive".to_string()
@@ -143,7 +166,9 @@ mod tests {
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, "top/train/a/x.txt", &data[..]).unwrap();
+        builder
+            .append_data(&mut header, "top/train/a/x.txt", &data[..])
+            .unwrap();
         builder.into_inner().unwrap().finish().unwrap();
         path
     }
@@ -154,18 +179,35 @@ mod tests {
         let archive = make_archive(tmp.path());
         let cache = tmp.path().join("cache");
         let cancel = AtomicBool::new(false);
-        let dir = unpack_once(&archive, &cache, &cancel).map_err(|_| "unpack").unwrap();
+        let dir = unpack_once(&archive, &cache, &cancel)
+            .map_err(|_| "unpack")
+            .unwrap();
         assert!(dir.starts_with(cache.join("datasets")));
-        assert!(dir.file_name().unwrap().to_string_lossy().starts_with("tiny-"));
+        assert!(dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("tiny-"));
         assert_eq!(fs::read(dir.join("top/train/a/x.txt")).unwrap(), b"hello");
         // Second call: same folder, and no temp folder left behind.
         fs::write(dir.join("marker"), b"").unwrap();
-        let again = unpack_once(&archive, &cache, &cancel).map_err(|_| "unpack").unwrap();
+        let again = unpack_once(&archive, &cache, &cancel)
+            .map_err(|_| "unpack")
+            .unwrap();
         assert_eq!(dir, again);
-        assert!(again.join("marker").exists(), "second call must not re-extract");
+        assert!(
+            again.join("marker").exists(),
+            "second call must not re-extract"
+        );
         let leftovers: Vec<_> = fs::read_dir(cache.join("datasets"))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".tmp"))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp")
+            })
             .collect();
         assert!(leftovers.is_empty());
     }
@@ -186,7 +228,10 @@ mod tests {
 
     #[test]
     fn stems() {
-        assert_eq!(archive_stem(Path::new("/x/cifar10-jpg.tar.gz")), "cifar10-jpg");
+        assert_eq!(
+            archive_stem(Path::new("/x/cifar10-jpg.tar.gz")),
+            "cifar10-jpg"
+        );
         assert_eq!(archive_stem(Path::new("a b.TGZ")), "a_b");
         assert!(is_archive(Path::new("x.TAR.GZ")) && !is_archive(Path::new("x.tar")));
     }

@@ -67,9 +67,17 @@ impl AugmentParams {
     /// p 0.2, no Gaussian blur (dropped for 32x32 images, SimCLR B.9).
     pub fn simclr_cifar10() -> Self {
         Self {
-            crop: Some(ResizedCrop { scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0) }),
+            crop: Some(ResizedCrop {
+                scale: (0.08, 1.0),
+                ratio: (3.0 / 4.0, 4.0 / 3.0),
+            }),
             hflip_prob: 0.5,
-            jitter: ColorJitter { brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.1 },
+            jitter: ColorJitter {
+                brightness: 0.4,
+                contrast: 0.4,
+                saturation: 0.4,
+                hue: 0.1,
+            },
             jitter_prob: 0.8,
             grayscale_prob: 0.2,
             mean: CIFAR10_MEAN,
@@ -82,7 +90,12 @@ impl AugmentParams {
         Self {
             crop: None,
             hflip_prob: 0.0,
-            jitter: ColorJitter { brightness: 0.0, contrast: 0.0, saturation: 0.0, hue: 0.0 },
+            jitter: ColorJitter {
+                brightness: 0.0,
+                contrast: 0.0,
+                saturation: 0.0,
+                hue: 0.0,
+            },
             jitter_prob: 0.0,
             grayscale_prob: 0.0,
             mean: CIFAR10_MEAN,
@@ -113,7 +126,7 @@ pub fn augment_into<R: Rng + ?Sized>(
     let mut img: Vec<f32> = match params.crop {
         Some(crop) => {
             let (top, left, h, w) = sample_crop(size, size, crop, rng);
-            resize_bilinear(src, size, size, top, left, h, w, size)
+            resize_bilinear(src, size, (top, left, h, w), size)
         }
         None => src.iter().map(|&v| f32::from(v) / 255.0).collect(),
     };
@@ -177,9 +190,15 @@ fn sample_crop<R: Rng + ?Sized>(
     // Fallback: central crop.
     let in_ratio = width as f32 / height as f32;
     let (w, h) = if in_ratio < crop.ratio.0 {
-        (width, ((width as f32 / crop.ratio.0).round() as usize).clamp(1, height))
+        (
+            width,
+            ((width as f32 / crop.ratio.0).round() as usize).clamp(1, height),
+        )
     } else if in_ratio > crop.ratio.1 {
-        (((height as f32 * crop.ratio.1).round() as usize).clamp(1, width), height)
+        (
+            ((height as f32 * crop.ratio.1).round() as usize).clamp(1, width),
+            height,
+        )
     } else {
         (width, height)
     };
@@ -193,24 +212,18 @@ fn uniform<R: Rng + ?Sized>(rng: &mut R, lo: f32, hi: f32) -> f32 {
 /// Bilinear resize of the crop `(top, left, h, w)` of a `u8` HWC image to
 /// `out_size` squared, with half-pixel centres (`align_corners=False`, as
 /// torchvision's `resize`). Returns HWC floats in [0, 1].
-#[allow(clippy::too_many_arguments)] // a crop box plus two sizes; a struct would only rename them
 fn resize_bilinear(
     src: &[u8],
-    _src_h: usize,
     src_w: usize,
-    top: usize,
-    left: usize,
-    h: usize,
-    w: usize,
+    (top, left, h, w): (usize, usize, usize, usize),
     out_size: usize,
 ) -> Vec<f32> {
     let mut out = vec![0.0f32; out_size * out_size * 3];
     let scale_y = h as f32 / out_size as f32;
     let scale_x = w as f32 / out_size as f32;
     // Precompute the x taps once per row pass.
-    let taps_x: Vec<(usize, usize, f32)> = (0..out_size)
-        .map(|x| source_taps(x, scale_x, w))
-        .collect();
+    let taps_x: Vec<(usize, usize, f32)> =
+        (0..out_size).map(|x| source_taps(x, scale_x, w)).collect();
     for y in 0..out_size {
         let (y0, y1, fy) = source_taps(y, scale_y, h);
         let row0 = (top + y0) * src_w;
@@ -370,7 +383,13 @@ mod tests {
 
     fn run(params: &AugmentParams, seed: u64) -> Vec<f32> {
         let mut out = vec![0.0; 3 * SIZE * SIZE];
-        augment_into(&test_image(), SIZE, params, &mut SmallRng::seed_from_u64(seed), &mut out);
+        augment_into(
+            &test_image(),
+            SIZE,
+            params,
+            &mut SmallRng::seed_from_u64(seed),
+            &mut out,
+        );
         out
     }
 
@@ -398,7 +417,10 @@ mod tests {
 
     #[test]
     fn flip_mirrors_the_image() {
-        let params = AugmentParams { hflip_prob: 1.0, ..AugmentParams::identity() };
+        let params = AugmentParams {
+            hflip_prob: 1.0,
+            ..AugmentParams::identity()
+        };
         let flipped = run(&params, 0);
         let base = plain();
         assert_ne!(flipped, base);
@@ -418,16 +440,29 @@ mod tests {
     #[test]
     fn crop_changes_the_image_and_full_crop_does_not() {
         let small = AugmentParams {
-            crop: Some(ResizedCrop { scale: (0.1, 0.2), ratio: (1.0, 1.0) }),
+            crop: Some(ResizedCrop {
+                scale: (0.1, 0.2),
+                ratio: (1.0, 1.0),
+            }),
             ..AugmentParams::identity()
         };
         let cropped = run(&small, 3);
-        let diff: f32 = cropped.iter().zip(plain()).map(|(a, b)| (a - b).abs()).sum();
-        assert!(diff > 1.0, "a 10-20% crop should change the image, diff {diff}");
+        let diff: f32 = cropped
+            .iter()
+            .zip(plain())
+            .map(|(a, b)| (a - b).abs())
+            .sum();
+        assert!(
+            diff > 1.0,
+            "a 10-20% crop should change the image, diff {diff}"
+        );
 
         // A full-area, square crop of a square image is the identity resize.
         let full = AugmentParams {
-            crop: Some(ResizedCrop { scale: (1.0, 1.0), ratio: (1.0, 1.0) }),
+            crop: Some(ResizedCrop {
+                scale: (1.0, 1.0),
+                ratio: (1.0, 1.0),
+            }),
             ..AugmentParams::identity()
         };
         let same = run(&full, 3);
@@ -445,7 +480,10 @@ mod tests {
 
     #[test]
     fn grayscale_makes_channels_equal_before_normalisation() {
-        let params = AugmentParams { grayscale_prob: 1.0, ..AugmentParams::identity() };
+        let params = AugmentParams {
+            grayscale_prob: 1.0,
+            ..AugmentParams::identity()
+        };
         let out = run(&params, 0);
         let n = SIZE * SIZE;
         for p in 0..n {
@@ -458,7 +496,12 @@ mod tests {
 
     #[test]
     fn hsv_round_trips() {
-        for &(r, g, b) in &[(0.2, 0.5, 0.9), (1.0, 0.0, 0.0), (0.3, 0.3, 0.3), (0.9, 0.8, 0.1)] {
+        for &(r, g, b) in &[
+            (0.2, 0.5, 0.9),
+            (1.0, 0.0, 0.0),
+            (0.3, 0.3, 0.3),
+            (0.9, 0.8, 0.1),
+        ] {
             let (h, s, v) = rgb_to_hsv(r, g, b);
             let (r2, g2, b2) = hsv_to_rgb(h, s, v);
             assert!((r - r2).abs() < 1e-5 && (g - g2).abs() < 1e-5 && (b - b2).abs() < 1e-5);

@@ -6,7 +6,8 @@ use super::resnet::ResNetConfig;
 use super::trainer::time_steps;
 use super::{DeviceRequest, TrainError};
 use crate::config::{
-    BackboneConfig, BackbonePreset, DataConfig, EvalConfig, MethodConfig, RunConfig, SimclrConfig, TrainConfig,
+    BackboneConfig, BackbonePreset, DataConfig, EvalConfig, MethodConfig, RunConfig, SimclrConfig,
+    TrainConfig,
 };
 use crate::methods::simclr::SimClr;
 use burn::tensor::backend::AutodiffBackend;
@@ -46,7 +47,9 @@ pub fn bench_simclr_step(
     device: DeviceRequest,
 ) -> Result<BenchReport, TrainError> {
     if batch_size < 2 || steps == 0 {
-        return Err(TrainError::Other("bench needs batch_size >= 2 and steps >= 1".into()));
+        return Err(TrainError::Other(
+            "bench needs batch_size >= 2 and steps >= 1".into(),
+        ));
     }
     let chosen = device::resolve(device)?;
     let config = RunConfig {
@@ -62,15 +65,30 @@ pub fn bench_simclr_step(
             image_size: 32,
             workers: 0,
         },
-        train: TrainConfig { batch_size, ..TrainConfig::default() },
+        train: TrainConfig {
+            batch_size,
+            ..TrainConfig::default()
+        },
         eval: EvalConfig::default(),
     };
     // Four batches of random pixels: augmentation cost does not depend on content.
     let (n, size) = (batch_size * 4, 32);
     let mut pixels = vec![0u8; n * size * size * 3];
     SmallRng::seed_from_u64(0).fill_bytes(&mut pixels);
-    let images = Arc::new(ImageSet { size, pixels, labels: vec![0; n], classes: vec!["synthetic".into()] });
-    let interval = device::dispatch(chosen, Bench { config: &config, images, steps })?;
+    let images = Arc::new(ImageSet {
+        size,
+        pixels,
+        labels: vec![0; n],
+        classes: vec!["synthetic".into()],
+    });
+    let interval = device::dispatch(
+        chosen,
+        Bench {
+            config: &config,
+            images,
+            steps,
+        },
+    )?;
     Ok(BenchReport {
         device: chosen.name().to_string(),
         preset,
@@ -93,8 +111,19 @@ impl BackendTask for Bench<'_> {
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
         let MethodConfig::Simclr(simclr) = &self.config.method;
-        let model = SimClr::<B>::new(simclr, &ResNetConfig::preset(self.config.backbone.preset), &device);
-        time_steps(model, self.images, self.config, WARMUP_STEPS, self.steps, &device)
+        let model = SimClr::<B>::new(
+            simclr,
+            &ResNetConfig::preset(self.config.backbone.preset),
+            &device,
+        );
+        time_steps(
+            model,
+            self.images,
+            self.config,
+            WARMUP_STEPS,
+            self.steps,
+            &device,
+        )
     }
 }
 

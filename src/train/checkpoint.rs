@@ -28,7 +28,11 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<TrainEvent, 
     };
     fs::create_dir_all(dir).map_err(|e| fail("cannot create", dir, e))?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}-{:x}", std::process::id(), rand::random::<u64>()));
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
     let written = (|| {
         let mut file = fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -67,7 +71,10 @@ pub fn model_record_bytes<B: Backend, M: Module<B>>(model: &M) -> Result<Vec<u8>
 /// (`BurnToPyTorchAdapter`: BatchNorm `gamma`/`beta` become `weight`/`bias`,
 /// Linear weights are transposed); tensor names are listed in `resnet.rs`.
 /// The architecture is stored as JSON under the `pretext.backbone` metadata key.
-pub fn backbone_safetensors_bytes<B: Backend>(backbone: &ResNet<B>, config: &ResNetConfig) -> Result<Vec<u8>, TrainError> {
+pub fn backbone_safetensors_bytes<B: Backend>(
+    backbone: &ResNet<B>,
+    config: &ResNetConfig,
+) -> Result<Vec<u8>, TrainError> {
     let arch = serde_json::to_string(config).map_err(|e| TrainError::Checkpoint(e.to_string()))?;
     let mut store = SafetensorsStore::from_bytes(None)
         .with_to_adapter(BurnToPyTorchAdapter)
@@ -75,7 +82,9 @@ pub fn backbone_safetensors_bytes<B: Backend>(backbone: &ResNet<B>, config: &Res
     backbone
         .save_into(&mut store)
         .map_err(|e| TrainError::Checkpoint(format!("cannot export the backbone: {e}")))?;
-    store.get_bytes().map_err(|e| TrainError::Checkpoint(format!("cannot export the backbone: {e}")))
+    store
+        .get_bytes()
+        .map_err(|e| TrainError::Checkpoint(format!("cannot export the backbone: {e}")))
 }
 
 #[cfg(test)]
@@ -90,11 +99,22 @@ mod tests {
         let dir = tmp.path().join("checkpoints");
         write_atomic(&dir, "a.bin", b"old").unwrap();
         let ev = write_atomic(&dir, "a.bin", b"abc").unwrap();
-        let TrainEvent::Checkpoint { name, path, bytes, sha256 } = ev else { panic!("wrong event") };
+        let TrainEvent::Checkpoint {
+            name,
+            path,
+            bytes,
+            sha256,
+        } = ev
+        else {
+            panic!("wrong event")
+        };
         assert_eq!((name.as_str(), bytes), ("a.bin", 3));
         assert_eq!(fs::read(&path).unwrap(), b"abc");
         // sha256("abc"), FIPS 180-2 test vector.
-        assert_eq!(sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         // Only the final file remains.
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
     }
@@ -118,13 +138,25 @@ mod tests {
             "layers.1.0.shortcut.conv.weight",
             "layers.3.0.shortcut.bn.bias",
         ] {
-            assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{expected} missing from {names:?}"
+            );
         }
-        assert!(!names.iter().any(|n| n.contains("gamma") || n.contains("beta")), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("gamma") || n.contains("beta")),
+            "{names:?}"
+        );
         let stem = st.tensor("stem.conv.weight").unwrap();
         assert_eq!(stem.shape(), &[16, 3, 3, 3]);
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        let arch = meta.metadata().as_ref().and_then(|m| m.get("pretext.backbone").cloned()).unwrap();
+        let arch = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("pretext.backbone").cloned())
+            .unwrap();
         assert!(arch.contains("[16,32,64,128]"), "{arch}");
     }
 }

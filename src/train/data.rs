@@ -58,7 +58,12 @@ pub struct Datasets {
 
 /// Resolves `config.path` (folder or `.tar.gz`), lists both splits, takes the
 /// capped class-balanced subsets and decodes them in parallel.
-pub fn load(config: &DataConfig, seed: u64, cache_dir: &Path, cancel: &AtomicBool) -> Result<Datasets, Halt> {
+pub fn load(
+    config: &DataConfig,
+    seed: u64,
+    cache_dir: &Path,
+    cancel: &AtomicBool,
+) -> Result<Datasets, Halt> {
     let root = if archive::is_archive(&config.path) {
         archive::unpack_once(&config.path, cache_dir, cancel)?
     } else {
@@ -96,7 +101,9 @@ fn split_root(root: &Path, train_split: &str) -> PathBuf {
         if dir.join(train_split).is_dir() {
             break;
         }
-        let Ok(entries) = fs::read_dir(&dir) else { break };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            break;
+        };
         let visible: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -114,13 +121,18 @@ fn split_root(root: &Path, train_split: &str) -> PathBuf {
 /// files sorted within each. Hidden entries are skipped; loose files next to
 /// the class folders are ignored. With `known`, every class must be one of
 /// them and the result is indexed like `known`.
-fn list_split(dir: &Path, known: Option<&[String]>) -> Result<Vec<(String, Vec<PathBuf>)>, TrainError> {
+fn list_split(
+    dir: &Path,
+    known: Option<&[String]>,
+) -> Result<Vec<(String, Vec<PathBuf>)>, TrainError> {
     let read = |d: &Path| {
-        fs::read_dir(d).map_err(|e| TrainError::Data(format!("cannot read folder {}: {e}", d.display())))
+        fs::read_dir(d)
+            .map_err(|e| TrainError::Data(format!("cannot read folder {}: {e}", d.display())))
     };
     let mut classes: Vec<(String, PathBuf)> = Vec::new();
     for entry in read(dir)? {
-        let entry = entry.map_err(|e| TrainError::Data(format!("cannot read folder {}: {e}", dir.display())))?;
+        let entry = entry
+            .map_err(|e| TrainError::Data(format!("cannot read folder {}: {e}", dir.display())))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') || !entry.path().is_dir() {
             continue;
@@ -129,15 +141,19 @@ fn list_split(dir: &Path, known: Option<&[String]>) -> Result<Vec<(String, Vec<P
     }
     classes.sort();
     if classes.is_empty() {
-        return Err(TrainError::Data(format!("{} holds no class folders", dir.display())));
+        return Err(TrainError::Data(format!(
+            "{} holds no class folders",
+            dir.display()
+        )));
     }
 
     let mut listed = Vec::with_capacity(classes.len());
     for (name, path) in classes {
         let mut files = Vec::new();
         for entry in read(&path)? {
-            let entry =
-                entry.map_err(|e| TrainError::Data(format!("cannot read folder {}: {e}", path.display())))?;
+            let entry = entry.map_err(|e| {
+                TrainError::Data(format!("cannot read folder {}: {e}", path.display()))
+            })?;
             if entry.file_name().to_string_lossy().starts_with('.') || entry.path().is_dir() {
                 continue;
             }
@@ -148,7 +164,8 @@ fn list_split(dir: &Path, known: Option<&[String]>) -> Result<Vec<(String, Vec<P
     }
 
     if let Some(known) = known {
-        let mut indexed: Vec<(String, Vec<PathBuf>)> = known.iter().map(|c| (c.clone(), Vec::new())).collect();
+        let mut indexed: Vec<(String, Vec<PathBuf>)> =
+            known.iter().map(|c| (c.clone(), Vec::new())).collect();
         for (name, files) in listed {
             let Some(i) = known.iter().position(|c| *c == name) else {
                 return Err(TrainError::Data(format!(
@@ -161,7 +178,10 @@ fn list_split(dir: &Path, known: Option<&[String]>) -> Result<Vec<(String, Vec<P
         listed = indexed;
     }
     if listed.iter().all(|(_, f)| f.is_empty()) {
-        return Err(TrainError::Data(format!("{} holds no images", dir.display())));
+        return Err(TrainError::Data(format!(
+            "{} holds no images",
+            dir.display()
+        )));
     }
     Ok(listed)
 }
@@ -169,13 +189,19 @@ fn list_split(dir: &Path, known: Option<&[String]>) -> Result<Vec<(String, Vec<P
 /// Picks at most `cap` files, spread as evenly as the classes allow (counts
 /// differ by at most one unless a class runs out), chosen by a seeded shuffle
 /// and returned in listing order. `None` keeps everything.
-fn balanced_subset(classes: &[(String, Vec<PathBuf>)], cap: Option<usize>, seed: u64) -> Vec<(PathBuf, u32)> {
+fn balanced_subset(
+    classes: &[(String, Vec<PathBuf>)],
+    cap: Option<usize>,
+    seed: u64,
+) -> Vec<(PathBuf, u32)> {
     let available: Vec<usize> = classes.iter().map(|(_, f)| f.len()).collect();
     let total: usize = available.iter().sum();
     let mut remaining = cap.unwrap_or(total).min(total);
     let mut quota = vec![0usize; classes.len()];
     while remaining > 0 {
-        let open: Vec<usize> = (0..classes.len()).filter(|&c| quota[c] < available[c]).collect();
+        let open: Vec<usize> = (0..classes.len())
+            .filter(|&c| quota[c] < available[c])
+            .collect();
         let share = (remaining / open.len()).max(1);
         for c in open {
             let add = share.min(available[c] - quota[c]).min(remaining);
@@ -191,7 +217,10 @@ fn balanced_subset(classes: &[(String, Vec<PathBuf>)], cap: Option<usize>, seed:
     for (c, ((_, files), &q)) in classes.iter().zip(&quota).enumerate() {
         let mut idx: Vec<usize> = (0..files.len()).collect();
         if q < files.len() {
-            let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut rng = SmallRng::seed_from_u64(
+                seed.wrapping_add(c as u64)
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             idx.shuffle(&mut rng);
             idx.truncate(q);
             idx.sort_unstable();
@@ -201,17 +230,30 @@ fn balanced_subset(classes: &[(String, Vec<PathBuf>)], cap: Option<usize>, seed:
     picked
 }
 
-fn decode_all(files: &[(PathBuf, u32)], classes: Vec<String>, size: usize, cancel: &AtomicBool) -> Result<ImageSet, Halt> {
+fn decode_all(
+    files: &[(PathBuf, u32)],
+    classes: Vec<String>,
+    size: usize,
+    cancel: &AtomicBool,
+) -> Result<ImageSet, Halt> {
     let n = size * size * 3;
     let mut pixels = vec![0u8; files.len() * n];
-    pixels.par_chunks_mut(n).zip(files.par_iter()).try_for_each(|(out, (path, _))| {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Halt::Cancelled);
-        }
-        out.copy_from_slice(&decode_image(path, size)?);
-        Ok(())
-    })?;
-    Ok(ImageSet { size, pixels, labels: files.iter().map(|(_, l)| *l).collect(), classes })
+    pixels
+        .par_chunks_mut(n)
+        .zip(files.par_iter())
+        .try_for_each(|(out, (path, _))| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Halt::Cancelled);
+            }
+            out.copy_from_slice(&decode_image(path, size)?);
+            Ok(())
+        })?;
+    Ok(ImageSet {
+        size,
+        pixels,
+        labels: files.iter().map(|(_, l)| *l).collect(),
+        classes,
+    })
 }
 
 /// Decodes one file into `size x size` RGB (HWC bytes). Grayscale and RGBA
@@ -220,10 +262,12 @@ fn decode_all(files: &[(PathBuf, u32)], classes: Vec<String>, size: usize, cance
 pub fn decode_image(path: &Path, size: usize) -> Result<Vec<u8>, TrainError> {
     let fail = |what: String| TrainError::Data(format!("{}: {what}", path.display()));
     let bytes = fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-    let format = image::guess_format(&bytes)
-        .map_err(|_| fail("not a JPEG or PNG image".to_string()))?;
+    let format =
+        image::guess_format(&bytes).map_err(|_| fail("not a JPEG or PNG image".to_string()))?;
     if format == ImageFormat::Jpeg && !jpeg_is_complete(&bytes) {
-        return Err(fail("truncated JPEG (no end-of-image marker after the last scan)".to_string()));
+        return Err(fail(
+            "truncated JPEG (no end-of-image marker after the last scan)".to_string(),
+        ));
     }
     let img = image::load_from_memory_with_format(&bytes, format)
         .map_err(|e| fail(format!("cannot decode: {e}")))?;
@@ -243,7 +287,11 @@ pub fn decode_image(path: &Path, size: usize) -> Result<Vec<u8>, TrainError> {
 /// marker can occur inside a scan, and an EXIF thumbnail's EOI sits before the
 /// main image's scans.
 fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last = |marker: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == marker);
+    let last = |marker: u8| {
+        bytes
+            .windows(2)
+            .rposition(|w| w[0] == 0xFF && w[1] == marker)
+    };
     match (last(0xDA), last(0xD9)) {
         (Some(sos), Some(eoi)) => eoi > sos,
         _ => false,
@@ -268,14 +316,24 @@ pub(crate) mod tests {
     use image::{GrayImage, Luma, Rgb};
 
     /// Writes `<root>/<split>/<class>/<i>.<ext>` images whose colour encodes the class.
-    pub(crate) fn write_folder(root: &Path, split: &str, classes: &[&str], per_class: usize, size: u32) {
+    pub(crate) fn write_folder(
+        root: &Path,
+        split: &str,
+        classes: &[&str],
+        per_class: usize,
+        size: u32,
+    ) {
         for (c, class) in classes.iter().enumerate() {
             let dir = root.join(split).join(class);
             fs::create_dir_all(&dir).unwrap();
             for i in 0..per_class {
                 let img = RgbImage::from_fn(size, size, |x, y| {
                     let base = (c * 80) as u8;
-                    Rgb([base, base.wrapping_add((x * 7) as u8), (y * 5 + i as u32) as u8])
+                    Rgb([
+                        base,
+                        base.wrapping_add((x * 7) as u8),
+                        (y * 5 + i as u32) as u8,
+                    ])
                 });
                 // Alternate formats so both decoders are exercised.
                 let ext = if i % 2 == 0 { "png" } else { "jpg" };
@@ -321,7 +379,9 @@ pub(crate) mod tests {
         write_folder(&root, "train", &["cat", "ant", "bee"], 3, 8);
         write_folder(&root, "test", &["ant", "cat", "bee"], 2, 12);
         // A grayscale image is replicated to three channels.
-        GrayImage::from_pixel(8, 8, Luma([77])).save(root.join("train/ant/gray.png")).unwrap();
+        GrayImage::from_pixel(8, 8, Luma([77]))
+            .save(root.join("train/ant/gray.png"))
+            .unwrap();
         fs::write(root.join("train/ant/.hidden"), b"ignored").unwrap();
 
         let d = load_ok(&config(tmp.path()), tmp.path());
@@ -336,7 +396,7 @@ pub(crate) mod tests {
         assert_eq!(d.train.image(0)[0], 80); // ant/0000.png
         assert_eq!(d.train.image(4)[0], 160); // bee/0000.png
         assert_eq!(d.train.image(7)[0], 0); // cat/0000.png
-        // Test split written as ant 0, cat 80, bee 160; 12x12 resized to 8x8.
+                                            // Test split written as ant 0, cat 80, bee 160; 12x12 resized to 8x8.
         assert!((i32::from(d.test.image(2)[0]) - 160).abs() <= 3); // bee/0000.png
         assert!((i32::from(d.test.image(4)[0]) - 80).abs() <= 3); // cat/0000.png
     }
@@ -354,8 +414,14 @@ pub(crate) mod tests {
         assert_eq!(d.train.len(), 8);
         let counts: Vec<usize> = (0..3).map(|c| count(&d.train.labels, c)).collect();
         assert_eq!(counts.iter().sum::<usize>(), 8);
-        assert!(counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1, "{counts:?}");
-        assert_eq!((0..3).map(|c| count(&d.test.labels, c)).collect::<Vec<_>>(), vec![2, 2, 2]);
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?}"
+        );
+        assert_eq!(
+            (0..3).map(|c| count(&d.test.labels, c)).collect::<Vec<_>>(),
+            vec![2, 2, 2]
+        );
         // Same seed, same pick.
         let again = load_ok(&cfg, tmp.path());
         assert_eq!(d.train.pixels, again.train.pixels);
@@ -363,19 +429,32 @@ pub(crate) mod tests {
 
     #[test]
     fn balanced_subset_fills_from_larger_classes() {
-        let files = |n: usize| (0..n).map(|i| PathBuf::from(format!("{i}"))).collect::<Vec<_>>();
-        let classes = vec![("a".to_string(), files(1)), ("b".to_string(), files(10)), ("c".to_string(), files(10))];
+        let files = |n: usize| {
+            (0..n)
+                .map(|i| PathBuf::from(format!("{i}")))
+                .collect::<Vec<_>>()
+        };
+        let classes = vec![
+            ("a".to_string(), files(1)),
+            ("b".to_string(), files(10)),
+            ("c".to_string(), files(10)),
+        ];
         let pick = balanced_subset(&classes, Some(9), 1);
-        let counts: Vec<usize> = (0..3).map(|c| pick.iter().filter(|(_, l)| *l == c).count()).collect();
+        let counts: Vec<usize> = (0..3)
+            .map(|c| pick.iter().filter(|(_, l)| *l == c).count())
+            .collect();
         assert_eq!(counts, vec![1, 4, 4]);
     }
 
     /// A 64x64 noise JPEG: big enough that cutting its tail leaves every
     /// header intact, the case the lenient decoder would accept.
     fn noise_jpeg() -> Vec<u8> {
-        let img = RgbImage::from_fn(64, 64, |x, y| Rgb([(x * 37 + y * 11) as u8, (x * y) as u8, (x ^ y) as u8 * 4]));
+        let img = RgbImage::from_fn(64, 64, |x, y| {
+            Rgb([(x * 37 + y * 11) as u8, (x * y) as u8, (x ^ y) as u8 * 4])
+        });
         let mut bytes = Vec::new();
-        img.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg).unwrap();
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
         bytes
     }
 
@@ -419,7 +498,10 @@ pub(crate) mod tests {
 
         write_folder(tmp.path(), "train", &["a"], 1, 8);
         let msg = load_err(&config(tmp.path()), tmp.path());
-        assert!(msg.contains(&tmp.path().join("test").display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&tmp.path().join("test").display().to_string()),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -433,7 +515,8 @@ pub(crate) mod tests {
 
     #[test]
     fn cifar_archive_unpacks_and_loads_a_subset() {
-        let archive = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz");
+        let archive =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz");
         if !archive.exists() {
             eprintln!("SKIPPED: {} is absent", archive.display());
             return;

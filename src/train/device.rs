@@ -38,7 +38,11 @@ impl Chosen {
 pub fn resolve(request: DeviceRequest) -> Result<Chosen, TrainError> {
     match request {
         DeviceRequest::Cpu => Ok(Chosen::Cpu),
-        DeviceRequest::Auto => Ok(if cuda_probe().is_ok() { Chosen::Cuda } else { Chosen::Cpu }),
+        DeviceRequest::Auto => Ok(if cuda_probe().is_ok() {
+            Chosen::Cuda
+        } else {
+            Chosen::Cpu
+        }),
         DeviceRequest::Cuda => match cuda_probe() {
             Ok(()) => Ok(Chosen::Cuda),
             Err(why) => Err(TrainError::Device(format!(
@@ -59,15 +63,19 @@ pub fn cuda_probe() -> Result<(), String> {
     PROBE
         .get_or_init(|| {
             if !Path::new("/dev/nvidiactl").exists() && !Path::new("/proc/driver/nvidia").exists() {
-                return Err("no NVIDIA driver (/dev/nvidiactl and /proc/driver/nvidia are absent)".into());
+                return Err(
+                    "no NVIDIA driver (/dev/nvidiactl and /proc/driver/nvidia are absent)".into(),
+                );
             }
-            let probe = std::thread::Builder::new().name("cuda-probe".into()).spawn(|| {
-                catch_unwind(AssertUnwindSafe(|| {
-                    let device = CudaDevice::default();
-                    let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
-                    t.sum().into_data()
-                }))
-            });
+            let probe = std::thread::Builder::new()
+                .name("cuda-probe".into())
+                .spawn(|| {
+                    catch_unwind(AssertUnwindSafe(|| {
+                        let device = CudaDevice::default();
+                        let t = Tensor::<Cuda, 1>::from_floats([1.0, 2.0], &device);
+                        t.sum().into_data()
+                    }))
+                });
             match probe.map_err(|e| e.to_string())?.join() {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(panic)) | Err(panic) => Err(panic_text(&panic)),
@@ -122,7 +130,10 @@ mod tests {
             Err(_) => {
                 assert_eq!(auto, Chosen::Cpu);
                 let err = resolve(DeviceRequest::Cuda).unwrap_err();
-                assert!(matches!(&err, TrainError::Device(m) if m.contains("no usable GPU")), "{err}");
+                assert!(
+                    matches!(&err, TrainError::Device(m) if m.contains("no usable GPU")),
+                    "{err}"
+                );
             }
         }
     }

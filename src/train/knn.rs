@@ -39,9 +39,11 @@ pub fn extract_features<B: Backend>(
         }
         let n = batch_size.min(images.len() - start);
         let mut host = vec![0.0f32; n * per_image];
-        host.par_chunks_mut(per_image).enumerate().for_each(|(i, out)| {
-            normalize_into(images.image(start + i), size, params.mean, params.std, out);
-        });
+        host.par_chunks_mut(per_image)
+            .enumerate()
+            .for_each(|(i, out)| {
+                normalize_into(images.image(start + i), size, params.mean, params.std, out);
+            });
         let x = Tensor::<B, 4>::from_data(TensorData::new(host, [n, 3, size, size]), device);
         chunks.push(l2_normalize(backbone.forward(x)));
     }
@@ -49,6 +51,17 @@ pub fn extract_features<B: Backend>(
         return Err(TrainError::Data("no images to extract features from".into()).into());
     }
     Ok(Tensor::cat(chunks, 0))
+}
+
+/// Parameters of the weighted kNN vote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KnnParams {
+    /// Neighbours that vote (capped at the bank size).
+    pub k: usize,
+    /// Softmax temperature of the votes, `exp(sim / temperature)`.
+    pub temperature: f64,
+    /// Labels are `0..num_classes`.
+    pub num_classes: usize,
 }
 
 /// Top-1 accuracy in [0, 1] of weighted kNN classification of `queries`
@@ -61,9 +74,7 @@ pub fn knn_top1<B: Backend>(
     bank_labels: &[u32],
     queries: Tensor<B, 2>,
     query_labels: &[u32],
-    num_classes: usize,
-    k: usize,
-    temperature: f64,
+    params: KnnParams,
     cancel: &AtomicBool,
 ) -> Result<f64, Halt> {
     let [bank_n, _] = bank.dims();
@@ -89,7 +100,15 @@ pub fn knn_top1<B: Backend>(
         correct += sims
             .par_chunks(bank_n)
             .zip(&query_labels[start..start + n])
-            .filter(|(row, &label)| weighted_knn_predict(row, bank_labels, num_classes, k, temperature) == label)
+            .filter(|(row, &label)| {
+                weighted_knn_predict(
+                    row,
+                    bank_labels,
+                    params.num_classes,
+                    params.k,
+                    params.temperature,
+                ) == label
+            })
             .count();
     }
     Ok(correct as f64 / query_n as f64)
@@ -99,7 +118,13 @@ pub fn knn_top1<B: Backend>(
 /// each of the `k` most similar items votes for its class with weight
 /// `exp(sim / temperature)`; the class with the largest total wins (ties go
 /// to the lower class index).
-pub fn weighted_knn_predict(sims: &[f32], bank_labels: &[u32], num_classes: usize, k: usize, temperature: f64) -> u32 {
+pub fn weighted_knn_predict(
+    sims: &[f32],
+    bank_labels: &[u32],
+    num_classes: usize,
+    k: usize,
+    temperature: f64,
+) -> u32 {
     let k = k.min(sims.len());
     if k == 0 {
         return 0;
@@ -152,7 +177,9 @@ mod tests {
     #[test]
     fn top1_on_hand_made_vectors() {
         let device = Default::default();
-        let t = |v: Vec<f32>, n: usize| Tensor::<Flex, 2>::from_data(TensorData::new(v, [n, 2]), &device);
+        let t = |v: Vec<f32>, n: usize| {
+            Tensor::<Flex, 2>::from_data(TensorData::new(v, [n, 2]), &device)
+        };
         // Unit vectors. Bank: (1,0) c0, (0.8,0.6) c1, (0.6,0.8) c1, (0,1) c0.
         let bank = t(vec![1.0, 0.0, 0.8, 0.6, 0.6, 0.8, 0.0, 1.0], 4);
         let bank_labels = [0, 1, 1, 0];
@@ -161,9 +188,20 @@ mod tests {
         let query_labels = [0, 1, 1, 1];
         let cancel = AtomicBool::new(false);
         let top1 = |k: usize, temp: f64| {
-            knn_top1(bank.clone(), &bank_labels, queries.clone(), &query_labels, 2, k, temp, &cancel)
-                .map_err(|_| "knn")
-                .unwrap()
+            knn_top1(
+                bank.clone(),
+                &bank_labels,
+                queries.clone(),
+                &query_labels,
+                KnnParams {
+                    k,
+                    temperature: temp,
+                    num_classes: 2,
+                },
+                &cancel,
+            )
+            .map_err(|_| "knn")
+            .unwrap()
         };
         // k = 1: nearest items are (1,0) c0, (0,1) c0, (0.8,0.6) c1, (0,1) c0
         // -> q1 and q3 right: 2 of 4.
@@ -178,8 +216,23 @@ mod tests {
     #[test]
     fn cancel_stops_the_query_loop() {
         let device = Default::default();
-        let bank = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &device);
+        let bank =
+            Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32, 0.0], [1, 2]), &device);
         let cancel = AtomicBool::new(true);
-        assert!(matches!(knn_top1(bank.clone(), &[0], bank, &[0], 1, 1, 0.1, &cancel), Err(Halt::Cancelled)));
+        assert!(matches!(
+            knn_top1(
+                bank.clone(),
+                &[0],
+                bank,
+                &[0],
+                KnnParams {
+                    k: 1,
+                    temperature: 0.1,
+                    num_classes: 1
+                },
+                &cancel
+            ),
+            Err(Halt::Cancelled)
+        ));
     }
 }

@@ -89,8 +89,10 @@ impl Loader {
                 for epoch in config.start_epoch..config.end_epoch {
                     let order = epoch_order(images.len(), config.seed, epoch);
                     for index in 0..batches_per_epoch {
-                        let picks = &order[index * config.batch_size..(index + 1) * config.batch_size];
-                        let batch = pool.install(|| make_batch(&images, picks, &config, epoch, index));
+                        let picks =
+                            &order[index * config.batch_size..(index + 1) * config.batch_size];
+                        let batch =
+                            pool.install(|| make_batch(&images, picks, &config, epoch, index));
                         let mut batch = batch;
                         // Time out now and then to notice `stop` while the channel is full.
                         loop {
@@ -107,7 +109,12 @@ impl Loader {
                 }
             })
             .map_err(|e| TrainError::Other(format!("cannot start the loader thread: {e}")))?;
-        Ok(Self { rx, stop, handle: Some(handle), batches_per_epoch })
+        Ok(Self {
+            rx,
+            stop,
+            handle: Some(handle),
+            batches_per_epoch,
+        })
     }
 
     /// The next batch, blocking until it is ready; `None` once every epoch has
@@ -141,7 +148,13 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-fn make_batch(images: &ImageSet, picks: &[usize], config: &LoaderConfig, epoch: usize, index: usize) -> HostBatch {
+fn make_batch(
+    images: &ImageSet,
+    picks: &[usize],
+    config: &LoaderConfig,
+    epoch: usize,
+    index: usize,
+) -> HostBatch {
     let size = images.size;
     let per_image = 3 * size * size;
     let views = config
@@ -150,15 +163,30 @@ fn make_batch(images: &ImageSet, picks: &[usize], config: &LoaderConfig, epoch: 
         .enumerate()
         .map(|(v, recipe)| {
             let mut buf = vec![0.0f32; picks.len() * per_image];
-            buf.par_chunks_mut(per_image).zip(picks.par_iter()).enumerate().for_each(|(i, (out, &img))| {
-                let position = (index * config.batch_size + i) as u64;
-                let stream = mix(mix(mix(config.seed ^ epoch as u64) ^ position) ^ v as u64);
-                augment_into(images.image(img), size, recipe, &mut SmallRng::seed_from_u64(stream), out);
-            });
+            buf.par_chunks_mut(per_image)
+                .zip(picks.par_iter())
+                .enumerate()
+                .for_each(|(i, (out, &img))| {
+                    let position = (index * config.batch_size + i) as u64;
+                    let stream = mix(mix(mix(config.seed ^ epoch as u64) ^ position) ^ v as u64);
+                    augment_into(
+                        images.image(img),
+                        size,
+                        recipe,
+                        &mut SmallRng::seed_from_u64(stream),
+                        out,
+                    );
+                });
             buf
         })
         .collect();
-    HostBatch { batch: picks.len(), size, views, epoch, index }
+    HostBatch {
+        batch: picks.len(),
+        size,
+        views,
+        epoch,
+        index,
+    }
 }
 
 #[cfg(test)]
@@ -166,8 +194,15 @@ mod tests {
     use super::*;
 
     fn images(n: usize, size: usize) -> Arc<ImageSet> {
-        let pixels = (0..n * size * size * 3).map(|i| (i * 31 % 251) as u8).collect();
-        Arc::new(ImageSet { size, pixels, labels: vec![0; n], classes: vec!["x".into()] })
+        let pixels = (0..n * size * size * 3)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        Arc::new(ImageSet {
+            size,
+            pixels,
+            labels: vec![0; n],
+            classes: vec!["x".into()],
+        })
     }
 
     fn config(workers: usize) -> LoaderConfig {
@@ -212,7 +247,14 @@ mod tests {
 
     #[test]
     fn dropping_a_blocked_loader_returns_promptly() {
-        let loader = Loader::spawn(images(64, 8), LoaderConfig { end_epoch: 1000, ..config(1) }).unwrap();
+        let loader = Loader::spawn(
+            images(64, 8),
+            LoaderConfig {
+                end_epoch: 1000,
+                ..config(1)
+            },
+        )
+        .unwrap();
         let _ = loader.next();
         let t = std::time::Instant::now();
         drop(loader);
@@ -221,6 +263,9 @@ mod tests {
 
     #[test]
     fn too_few_images_is_a_data_error() {
-        assert!(matches!(Loader::spawn(images(3, 8), config(1)), Err(TrainError::Data(_))));
+        assert!(matches!(
+            Loader::spawn(images(3, 8), config(1)),
+            Err(TrainError::Data(_))
+        ));
     }
 }

@@ -21,11 +21,17 @@ pub enum DeviceRequest {
 impl DeviceRequest {
     /// Reads `PRETEXT_DEVICE` (`cpu`, `cuda`, `auto`; unset = auto).
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("PRETEXT_DEVICE").ok().as_deref().map(str::trim) {
+        match std::env::var("PRETEXT_DEVICE")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+        {
             None | Some("") | Some("auto") => Ok(Self::Auto),
             Some("cpu") => Ok(Self::Cpu),
             Some("cuda") => Ok(Self::Cuda),
-            Some(other) => Err(format!("PRETEXT_DEVICE must be cpu, cuda or auto, got {other:?}")),
+            Some(other) => Err(format!(
+                "PRETEXT_DEVICE must be cpu, cuda or auto, got {other:?}"
+            )),
         }
     }
 }
@@ -61,9 +67,19 @@ pub enum TrainEvent {
     /// A batch of new scalar points.
     Metrics(Vec<MetricPoint>),
     /// Position in the schedule, sent after every optimiser step.
-    Progress { step: i64, total_steps: i64, epoch: i64, epochs: i64 },
+    Progress {
+        step: i64,
+        total_steps: i64,
+        epoch: i64,
+        epochs: i64,
+    },
     /// A file fully written (temp name, fsync, rename) and ready to serve.
-    Checkpoint { name: String, path: PathBuf, bytes: u64, sha256: String },
+    Checkpoint {
+        name: String,
+        path: PathBuf,
+        bytes: u64,
+        sha256: String,
+    },
 }
 
 /// How a job ended when it did not fail.
@@ -93,6 +109,7 @@ pub type EventSink = Box<dyn Fn(TrainEvent) + Send + Sync>;
 
 pub mod archive;
 pub mod augment;
+pub mod batchnorm;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
@@ -133,20 +150,39 @@ impl From<TrainError> for Halt {
 /// Events, in order: `DeviceChosen`; `Metrics` with `knn/top1` at step 0;
 /// per step a `Progress` and every `train.log_every_steps` steps the step
 /// metrics (`train/loss`, `train/lr`, `train/images_per_sec`,
-/// `train/embedding_std`, `train/data_wait_frac`); per epoch a `Checkpoint`
-/// (`epoch-NNNN.mpk`) and, every `eval.every_epochs` epochs and after the
-/// last, `knn/top1`; finally a `Checkpoint` for `backbone.safetensors`. All
-/// files go to `run_dir/checkpoints/`.
+/// `train/embedding_std`, `train/data_wait_frac`; loss, throughput and wait
+/// are over the steps since the previous log, the others at the log step);
+/// per epoch a `Checkpoint` (`epoch-NNNN.mpk`) and, every `eval.every_epochs`
+/// epochs and after the last, `knn/top1`; finally a `Checkpoint` for
+/// `backbone.safetensors`. All files go to `run_dir/checkpoints/`.
 ///
 /// Returns `Ok(Outcome::Cancelled)` soon after `job.cancel` is raised (it is
 /// checked every step, between feature batches of the kNN monitor and while
 /// unpacking and decoding the dataset).
 pub fn run(job: TrainJob, events: EventSink) -> Result<Outcome, TrainError> {
-    job.config.validate().map_err(|e| TrainError::Other(format!("invalid config: {e}")))?;
+    job.config
+        .validate()
+        .map_err(|e| TrainError::Other(format!("invalid config: {e}")))?;
     let chosen = device::resolve(job.device)?;
-    events(TrainEvent::DeviceChosen { device: chosen.name().to_string() });
-    let result = data::load(&job.config.data, job.config.train.seed, &job.cache_dir, &job.cancel)
-        .and_then(|data| device::dispatch(chosen, FitTask { job: &job, events: &events, data }));
+    events(TrainEvent::DeviceChosen {
+        device: chosen.name().to_string(),
+    });
+    let result = data::load(
+        &job.config.data,
+        job.config.train.seed,
+        &job.cache_dir,
+        &job.cancel,
+    )
+    .and_then(|data| {
+        device::dispatch(
+            chosen,
+            FitTask {
+                job: &job,
+                events: &events,
+                data,
+            },
+        )
+    });
     match result {
         Ok(outcome) => Ok(outcome),
         Err(Halt::Cancelled) => Ok(Outcome::Cancelled),
@@ -168,6 +204,10 @@ impl BackendTask for FitTask<'_> {
         let config = &self.job.config;
         B::seed(&device, config.train.seed);
         let checkpoint_dir = self.job.run_dir.join("checkpoints");
+        // Fail now rather than after the first epoch if the folder is unusable.
+        std::fs::create_dir_all(&checkpoint_dir).map_err(|e| {
+            TrainError::Checkpoint(format!("cannot create {}: {e}", checkpoint_dir.display()))
+        })?;
         let ctx = RunContext {
             config,
             backbone: ResNetConfig::preset(config.backbone.preset),
@@ -175,7 +215,15 @@ impl BackendTask for FitTask<'_> {
             cancel: &self.job.cancel,
             events: self.events,
         };
-        methods::build::<B, _>(config, &device, Fit { data: self.data, device: &device, ctx: &ctx })
+        methods::build::<B, _>(
+            config,
+            &device,
+            Fit {
+                data: self.data,
+                device: &device,
+                ctx: &ctx,
+            },
+        )
     }
 }
 
@@ -196,7 +244,10 @@ impl<B: AutodiffBackend> MethodVisitor<B> for Fit<'_, B> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::config::{BackboneConfig, BackbonePreset, DataConfig, EvalConfig, MethodConfig, SimclrConfig, TrainConfig};
+    use crate::config::{
+        BackboneConfig, BackbonePreset, DataConfig, EvalConfig, MethodConfig, SimclrConfig,
+        TrainConfig,
+    };
     use crate::methods::simclr::SimClr;
     use burn::backend::{Autodiff, Flex};
     use burn::module::Module;
@@ -214,8 +265,14 @@ pub(crate) mod tests {
     fn tiny_config(root: &std::path::Path) -> RunConfig {
         RunConfig {
             name: "smoke".into(),
-            method: MethodConfig::Simclr(SimclrConfig { temperature: 0.5, projection_hidden_dim: 32, projection_dim: 16 }),
-            backbone: BackboneConfig { preset: BackbonePreset::Small },
+            method: MethodConfig::Simclr(SimclrConfig {
+                temperature: 0.5,
+                projection_hidden_dim: 32,
+                projection_dim: 16,
+            }),
+            backbone: BackboneConfig {
+                preset: BackbonePreset::Small,
+            },
             data: DataConfig {
                 path: root.to_path_buf(),
                 train_split: "train".into(),
@@ -225,8 +282,18 @@ pub(crate) mod tests {
                 image_size: 16,
                 workers: 2,
             },
-            train: TrainConfig { epochs: 2, batch_size: 8, warmup_epochs: 1, log_every_steps: 2, ..TrainConfig::default() },
-            eval: EvalConfig { knn_k: 5, knn_temperature: 0.1, every_epochs: 1 },
+            train: TrainConfig {
+                epochs: 2,
+                batch_size: 8,
+                warmup_epochs: 1,
+                log_every_steps: 2,
+                ..TrainConfig::default()
+            },
+            eval: EvalConfig {
+                knn_k: 5,
+                knn_temperature: 0.1,
+                every_epochs: 1,
+            },
         }
     }
 
@@ -244,7 +311,10 @@ pub(crate) mod tests {
     fn recording_sink() -> (EventSink, Arc<Mutex<Vec<TrainEvent>>>) {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink_events = events.clone();
-        (Box::new(move |e| sink_events.lock().unwrap().push(e)), events)
+        (
+            Box::new(move |e| sink_events.lock().unwrap().push(e)),
+            events,
+        )
     }
 
     fn dataset(dir: &std::path::Path) -> PathBuf {
@@ -268,7 +338,12 @@ pub(crate) mod tests {
         let progress: Vec<i64> = events
             .iter()
             .filter_map(|e| match e {
-                TrainEvent::Progress { step, total_steps, epochs, .. } => {
+                TrainEvent::Progress {
+                    step,
+                    total_steps,
+                    epochs,
+                    ..
+                } => {
                     assert_eq!((*total_steps, *epochs), (12, 2));
                     Some(*step)
                 }
@@ -279,62 +354,134 @@ pub(crate) mod tests {
 
         let points: Vec<&MetricPoint> = events
             .iter()
-            .filter_map(|e| if let TrainEvent::Metrics(p) = e { Some(p) } else { None })
+            .filter_map(|e| {
+                if let TrainEvent::Metrics(p) = e {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
             .flatten()
             .collect();
-        for key in ["train/loss", "train/lr", "train/images_per_sec", "train/embedding_std", "train/data_wait_frac"] {
-            let values: Vec<&MetricPoint> = points.iter().copied().filter(|p| p.key == key).collect();
+        for key in [
+            "train/loss",
+            "train/lr",
+            "train/images_per_sec",
+            "train/embedding_std",
+            "train/data_wait_frac",
+        ] {
+            let values: Vec<&MetricPoint> =
+                points.iter().copied().filter(|p| p.key == key).collect();
             // Logged at steps 2, 4, ..., 12.
-            assert_eq!(values.iter().map(|p| p.step).collect::<Vec<_>>(), vec![2, 4, 6, 8, 10, 12], "{key}");
-            assert!(values.iter().all(|p| p.value.is_finite() && p.wall_time > 1.6e9), "{key}");
+            assert_eq!(
+                values.iter().map(|p| p.step).collect::<Vec<_>>(),
+                vec![2, 4, 6, 8, 10, 12],
+                "{key}"
+            );
+            assert!(
+                values
+                    .iter()
+                    .all(|p| p.value.is_finite() && p.wall_time > 1.6e9),
+                "{key}"
+            );
         }
-        let loss: Vec<f64> = points.iter().filter(|p| p.key == "train/loss").map(|p| p.value).collect();
+        let loss: Vec<f64> = points
+            .iter()
+            .filter(|p| p.key == "train/loss")
+            .map(|p| p.value)
+            .collect();
         assert!(loss.iter().all(|&l| l > 0.0), "{loss:?}");
-        let std = points.iter().find(|p| p.key == "train/embedding_std").unwrap().value;
+        let std = points
+            .iter()
+            .find(|p| p.key == "train/embedding_std")
+            .unwrap()
+            .value;
         assert!(std > 0.0 && std <= 1.0, "{std}");
-        let epoch_of_last = points.iter().filter(|p| p.key == "train/lr").last().unwrap().epoch;
+        let epoch_of_last = points.iter().rfind(|p| p.key == "train/lr").unwrap().epoch;
         assert_eq!(epoch_of_last, 2);
 
-        let knn: Vec<(i64, i64, f64)> =
-            points.iter().filter(|p| p.key == "knn/top1").map(|p| (p.step, p.epoch, p.value)).collect();
-        assert_eq!(knn.iter().map(|k| (k.0, k.1)).collect::<Vec<_>>(), vec![(0, 0), (6, 1), (12, 2)]);
+        let knn: Vec<(i64, i64, f64)> = points
+            .iter()
+            .filter(|p| p.key == "knn/top1")
+            .map(|p| (p.step, p.epoch, p.value))
+            .collect();
+        assert_eq!(
+            knn.iter().map(|k| (k.0, k.1)).collect::<Vec<_>>(),
+            vec![(0, 0), (6, 1), (12, 2)]
+        );
         assert!(knn.iter().all(|k| (0.0..=1.0).contains(&k.2)));
         // The step-0 baseline comes before any training step.
-        let first_knn = events.iter().position(|e| matches!(e, TrainEvent::Metrics(p) if p[0].key == "knn/top1"));
-        let first_progress = events.iter().position(|e| matches!(e, TrainEvent::Progress { .. }));
+        let first_knn = events
+            .iter()
+            .position(|e| matches!(e, TrainEvent::Metrics(p) if p[0].key == "knn/top1"));
+        let first_progress = events
+            .iter()
+            .position(|e| matches!(e, TrainEvent::Progress { .. }));
         assert!(first_knn < first_progress);
 
         let checkpoints: Vec<(&String, &PathBuf, u64, &String)> = events
             .iter()
             .filter_map(|e| match e {
-                TrainEvent::Checkpoint { name, path, bytes, sha256 } => Some((name, path, *bytes, sha256)),
+                TrainEvent::Checkpoint {
+                    name,
+                    path,
+                    bytes,
+                    sha256,
+                } => Some((name, path, *bytes, sha256)),
                 _ => None,
             })
             .collect();
         let names: Vec<&str> = checkpoints.iter().map(|c| c.0.as_str()).collect();
-        assert_eq!(names, vec!["epoch-0001.mpk", "epoch-0002.mpk", "backbone.safetensors"]);
+        assert_eq!(
+            names,
+            vec!["epoch-0001.mpk", "epoch-0002.mpk", "backbone.safetensors"]
+        );
         for (name, path, bytes, sha) in &checkpoints {
             let content = std::fs::read(path).unwrap();
             assert_eq!(content.len() as u64, *bytes, "{name}");
-            assert_eq!(**sha, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&content)), "{name}");
+            assert_eq!(
+                **sha,
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&content)),
+                "{name}"
+            );
             assert!(path.starts_with(tmp.path().join("run/checkpoints")));
         }
-        assert!(matches!(events.last(), Some(TrainEvent::Checkpoint { name, .. }) if name == "backbone.safetensors"));
+        assert!(
+            matches!(events.last(), Some(TrainEvent::Checkpoint { name, .. }) if name == "backbone.safetensors")
+        );
 
         let st_bytes = std::fs::read(checkpoints[2].1).unwrap();
         let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
-        assert_eq!(st.tensor("stem.conv.weight").unwrap().shape(), &[16, 3, 3, 3]);
-        assert!(st.names().iter().all(|n| !n.starts_with("projection")), "backbone only");
+        assert_eq!(
+            st.tensor("stem.conv.weight").unwrap().shape(),
+            &[16, 3, 3, 3]
+        );
+        assert!(
+            st.names().iter().all(|n| !n.starts_with("projection")),
+            "backbone only"
+        );
 
         // The epoch checkpoint loads back into the full model.
         let device = Default::default();
         let MethodConfig::Simclr(simclr) = &config.method;
-        let fresh = SimClr::<Autodiff<Flex>>::new(simclr, &ResNetConfig::preset(BackbonePreset::Small), &device);
+        let fresh = SimClr::<Autodiff<Flex>>::new(
+            simclr,
+            &ResNetConfig::preset(BackbonePreset::Small),
+            &device,
+        );
         let record = NamedMpkBytesRecorder::<FullPrecisionSettings>::default()
             .load(std::fs::read(checkpoints[1].1).unwrap(), &device)
             .unwrap();
         let loaded = fresh.load_record(record);
-        assert_eq!(loaded.num_params(), SimClr::<Autodiff<Flex>>::new(simclr, &ResNetConfig::preset(BackbonePreset::Small), &device).num_params());
+        assert_eq!(
+            loaded.num_params(),
+            SimClr::<Autodiff<Flex>>::new(
+                simclr,
+                &ResNetConfig::preset(BackbonePreset::Small),
+                &device
+            )
+            .num_params()
+        );
     }
 
     #[test]
@@ -353,7 +500,12 @@ pub(crate) mod tests {
             sink_events.lock().unwrap().push(e);
         });
         assert_eq!(run(job, sink).unwrap(), Outcome::Cancelled);
-        let steps = events.lock().unwrap().iter().filter(|e| matches!(e, TrainEvent::Progress { .. })).count();
+        let steps = events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| matches!(e, TrainEvent::Progress { .. }))
+            .count();
         assert_eq!(steps, 3, "must stop at the next step check");
     }
 
@@ -366,7 +518,9 @@ pub(crate) mod tests {
         config.train.lr = 1e30;
         let (sink, _) = recording_sink();
         match run(job(config, tmp.path()), sink) {
-            Err(TrainError::NonFiniteLoss { step, value }) => assert!(step >= 1 && !value.is_finite()),
+            Err(TrainError::NonFiniteLoss { step, value }) => {
+                assert!(step >= 1 && !value.is_finite())
+            }
             other => panic!("expected NonFiniteLoss, got {other:?}"),
         }
     }
@@ -377,7 +531,70 @@ pub(crate) mod tests {
         let config = tiny_config(&tmp.path().join("absent"));
         let (sink, events) = recording_sink();
         let err = run(job(config, tmp.path()), sink).unwrap_err();
-        assert!(matches!(&err, TrainError::Data(m) if m.contains("absent")), "{err}");
+        assert!(
+            matches!(&err, TrainError::Data(m) if m.contains("absent")),
+            "{err}"
+        );
         assert_eq!(events.lock().unwrap().len(), 1);
+    }
+
+    /// End-to-end learning check on real data: a few epochs of SimCLR on a
+    /// CIFAR-10 subset must lift kNN top-1 above the random-init baseline.
+    /// `cargo test --lib train::tests::cifar -- --ignored --nocapture`
+    #[test]
+    #[ignore = "trains for several minutes on CIFAR-10"]
+    fn cifar_subset_simclr_beats_random_init() {
+        let archive = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/cifar10-jpg.tar.gz");
+        if !archive.exists() {
+            eprintln!("SKIPPED: {} is absent", archive.display());
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = tiny_config(&archive);
+        config.method = MethodConfig::Simclr(SimclrConfig::default());
+        config.data.image_size = 32;
+        config.data.max_train_images = Some(5000);
+        config.data.max_test_images = Some(1000);
+        config.data.workers = 0;
+        config.train = TrainConfig {
+            epochs: 4,
+            batch_size: 128,
+            log_every_steps: 10,
+            ..TrainConfig::default()
+        };
+        config.eval = EvalConfig {
+            knn_k: 20,
+            knn_temperature: 0.1,
+            every_epochs: 1,
+        };
+        let mut job = job(config, tmp.path());
+        job.cache_dir = shared_test_cache();
+        let (sink, events) = recording_sink();
+        let started = std::time::Instant::now();
+        assert_eq!(run(job, sink).unwrap(), Outcome::Completed);
+        let events = events.lock().unwrap();
+        let points: Vec<&MetricPoint> = events
+            .iter()
+            .filter_map(|e| {
+                if let TrainEvent::Metrics(p) = e {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
+            .flatten()
+            .collect();
+        for p in &points {
+            eprintln!("{:>4} {:<24} {:.4}", p.step, p.key, p.value);
+        }
+        eprintln!("total {:?}", started.elapsed());
+        let knn: Vec<f64> = points
+            .iter()
+            .filter(|p| p.key == "knn/top1")
+            .map(|p| p.value)
+            .collect();
+        let (first, last) = (knn[0], knn[knn.len() - 1]);
+        assert!(last > first + 0.02, "kNN top-1 {first:.3} -> {last:.3}");
     }
 }

@@ -15,7 +15,9 @@ pub mod keys {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Collapse monitor of lightly's `std_of_l2_normalized` (used in its
@@ -35,7 +37,12 @@ pub fn embedding_std(values: &[f32], rows: usize, dim: usize) -> f64 {
     for r in 0..rows {
         let row = &values[r * dim..(r + 1) * dim];
         // F.normalize's epsilon, so zero rows stay zero.
-        let norm = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>().sqrt().max(1e-12);
+        let norm = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
         for (o, &v) in normed[r * dim..(r + 1) * dim].iter_mut().zip(row) {
             *o = f64::from(v) / norm;
         }
@@ -43,7 +50,10 @@ pub fn embedding_std(values: &[f32], rows: usize, dim: usize) -> f64 {
     let mut total = 0.0;
     for d in 0..dim {
         let mean = (0..rows).map(|r| normed[r * dim + d]).sum::<f64>() / rows as f64;
-        let var = (0..rows).map(|r| (normed[r * dim + d] - mean).powi(2)).sum::<f64>() / (rows - 1) as f64;
+        let var = (0..rows)
+            .map(|r| (normed[r * dim + d] - mean).powi(2))
+            .sum::<f64>()
+            / (rows - 1) as f64;
         total += var.sqrt();
     }
     total / dim as f64
@@ -107,7 +117,12 @@ pub struct PointBatch {
 
 impl PointBatch {
     pub fn new(step: usize, epoch: usize) -> Self {
-        Self { step: step as i64, epoch: epoch as i64, wall_time: unix_now(), points: Vec::new() }
+        Self {
+            step: step as i64,
+            epoch: epoch as i64,
+            wall_time: unix_now(),
+            points: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, key: &str, value: f64) {
@@ -130,7 +145,9 @@ mod tests {
     #[test]
     fn collapsed_embeddings_have_zero_std() {
         // Every row the same direction (different lengths): fully collapsed.
-        let rows: Vec<f32> = (0..8).flat_map(|r| vec![1.0 + r as f32, 2.0 + 2.0 * r as f32, 0.0]).collect();
+        let rows: Vec<f32> = (0..8)
+            .flat_map(|r| vec![1.0 + r as f32, 2.0 + 2.0 * r as f32, 0.0])
+            .collect();
         assert!(embedding_std(&rows, 8, 3) < 1e-9);
     }
 
@@ -147,7 +164,10 @@ mod tests {
             .collect();
         let std = embedding_std(&values, rows, dim);
         let expected = 1.0 / (dim as f64).sqrt();
-        assert!((std - expected).abs() < 0.01 * expected * 5.0, "{std} vs {expected}");
+        assert!(
+            (std - expected).abs() < 0.01 * expected * 5.0,
+            "{std} vs {expected}"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!
 //! Convolutions carry no bias (each is followed by BatchNorm), as in torchvision.
 
+use super::batchnorm::batch_norm;
 use crate::config::BackbonePreset;
 use burn::config::Config;
 use burn::module::{Initializer, Module};
@@ -55,7 +56,11 @@ impl ResNetConfig {
 
     /// Builds the network with torchvision's initialisation.
     pub fn init<B: Backend>(&self, device: &B::Device) -> ResNet<B> {
-        assert_eq!(self.widths.len(), self.blocks.len(), "one block count per stage");
+        assert_eq!(
+            self.widths.len(),
+            self.blocks.len(),
+            "one block count per stage"
+        );
         assert!(!self.widths.is_empty(), "at least one stage");
         let stem = ConvBn::new(self.in_channels, self.widths[0], 3, 1, device);
         let mut layers = Vec::with_capacity(self.widths.len());
@@ -65,7 +70,8 @@ impl ResNetConfig {
             let stride = if stage == 0 { 1 } else { 2 };
             let blocks = (0..count.max(1))
                 .map(|b| {
-                    let block = BasicBlock::new(in_ch, width, if b == 0 { stride } else { 1 }, device);
+                    let block =
+                        BasicBlock::new(in_ch, width, if b == 0 { stride } else { 1 }, device);
                     in_ch = width;
                     block
                 })
@@ -92,7 +98,10 @@ impl<B: Backend> ConvBn<B> {
             .with_bias(false)
             // torchvision ResNet: kaiming_normal_(mode="fan_out", nonlinearity="relu"),
             // i.e. std = sqrt(2 / fan_out).
-            .with_initializer(Initializer::KaimingNormal { gain: std::f64::consts::SQRT_2, fan_out_only: true })
+            .with_initializer(Initializer::KaimingNormal {
+                gain: std::f64::consts::SQRT_2,
+                fan_out_only: true,
+            })
             .init(device);
         // BatchNorm defaults (eps 1e-5, momentum 0.1) are PyTorch's.
         let bn = BatchNormConfig::new(out_ch).init(device);
@@ -101,7 +110,7 @@ impl<B: Backend> ConvBn<B> {
 
     /// `[b, in, h, w]` -> `[b, out, h / stride, w / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 
@@ -120,14 +129,21 @@ impl<B: Backend> BasicBlock<B> {
     fn new(in_ch: usize, out_ch: usize, stride: usize, device: &B::Device) -> Self {
         let first = ConvBn::new(in_ch, out_ch, 3, stride, device);
         let second = ConvBn::new(out_ch, out_ch, 3, 1, device);
-        let shortcut = (stride != 1 || in_ch != out_ch).then(|| ConvBn::new(in_ch, out_ch, 1, stride, device));
-        Self { conv1: first.conv, bn1: first.bn, conv2: second.conv, bn2: second.bn, shortcut }
+        let shortcut =
+            (stride != 1 || in_ch != out_ch).then(|| ConvBn::new(in_ch, out_ch, 1, stride, device));
+        Self {
+            conv1: first.conv,
+            bn1: first.bn,
+            conv2: second.conv,
+            bn2: second.bn,
+            shortcut,
+        }
     }
 
     /// `[b, in, h, w]` -> `[b, out, h / stride, w / stride]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let out = self.bn2.forward(self.conv2.forward(out));
+        let out = relu(batch_norm(&self.bn1, self.conv1.forward(x.clone())));
+        let out = batch_norm(&self.bn2, self.conv2.forward(out));
         let identity = match &self.shortcut {
             Some(proj) => proj.forward(x),
             None => x,
@@ -185,9 +201,14 @@ mod tests {
         assert_eq!(y.dims(), [3, 128]);
         // Eval mode (inner backend) uses running stats and still works on a batch of 1.
         let eval = net.valid();
-        let y1 = eval.forward(x.inner().slice([0..1]));
+        let y1 = eval.forward(x.inner().narrow(0, 0, 1));
         assert_eq!(y1.dims(), [1, 128]);
-        assert!(y1.into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        assert!(y1
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
         // Stage 0 keeps width 16 (no shortcut); stages 1-3 project.
         assert!(net.layers[0][0].shortcut.is_none());
         assert!(net.layers[1][0].shortcut.is_some());
@@ -198,7 +219,10 @@ mod tests {
         let device = Default::default();
         let cfg = ResNetConfig::preset(BackbonePreset::Resnet18);
         let net = cfg.init::<Flex>(&device);
-        assert_eq!(net.layers.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 2, 2, 2]);
+        assert_eq!(
+            net.layers.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2, 2, 2, 2]
+        );
         // 11.17 M parameters for ResNet-18 without the fc layer (torchvision: 11.69 M
         // with its 0.51 M-parameter fc; the CIFAR stem is 3x3 not 7x7: -0.009 M).
         let params = net.num_params();

@@ -25,7 +25,11 @@ impl LrSchedule {
     pub fn new(base_lr: f64, batch_size: usize, warmup_steps: usize, total_steps: usize) -> Self {
         // Linear scaling rule: the base rate is quoted for a batch of 256.
         let peak = base_lr * batch_size as f64 / 256.0;
-        Self { peak, warmup_steps: warmup_steps.min(total_steps), total_steps: total_steps.max(1) }
+        Self {
+            peak,
+            warmup_steps: warmup_steps.min(total_steps),
+            total_steps: total_steps.max(1),
+        }
     }
 
     /// Learning rate for optimiser step `step` (0-based: the rate used by the
@@ -60,7 +64,11 @@ mod tests {
         let s = LrSchedule::new(0.256, 256, 10, 100);
         for step in 0..10 {
             let expected = 0.256 * (step + 1) as f64 / 10.0;
-            assert!((s.lr(step) - expected).abs() < 1e-12, "step {step}: {}", s.lr(step));
+            assert!(
+                (s.lr(step) - expected).abs() < 1e-12,
+                "step {step}: {}",
+                s.lr(step)
+            );
         }
         // Equal increments: linear.
         let d1 = s.lr(1) - s.lr(0);

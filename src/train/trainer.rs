@@ -2,7 +2,7 @@
 
 use super::checkpoint::{self, BACKBONE_FILE};
 use super::data::{Datasets, ImageSet};
-use super::knn::{extract_features, knn_top1};
+use super::knn::{extract_features, knn_top1, KnnParams};
 use super::loader::{HostBatch, Loader, LoaderConfig};
 use super::monitor::{embedding_std, keys, Interval, PointBatch};
 use super::resnet::ResNetConfig;
@@ -36,10 +36,17 @@ pub struct RunContext<'a> {
 /// them (decay added to the gradient, on every parameter). Burn's momentum
 /// defaults to dampening 0.1, PyTorch's to 0: set it explicitly.
 pub fn sgd<B: AutodiffBackend, M: SslMethod<B>>(config: &RunConfig) -> impl Optimizer<M, B> {
-    let weight_decay = (config.train.weight_decay > 0.0).then(|| WeightDecayConfig::new(config.train.weight_decay as f32));
-    let momentum = (config.train.momentum > 0.0)
-        .then(|| MomentumConfig::new().with_momentum(config.train.momentum).with_dampening(0.0));
-    SgdConfig::new().with_weight_decay(weight_decay).with_momentum(momentum).init::<B, M>()
+    let weight_decay = (config.train.weight_decay > 0.0)
+        .then(|| WeightDecayConfig::new(config.train.weight_decay as f32));
+    let momentum = (config.train.momentum > 0.0).then(|| {
+        MomentumConfig::new()
+            .with_momentum(config.train.momentum)
+            .with_dampening(0.0)
+    });
+    SgdConfig::new()
+        .with_weight_decay(weight_decay)
+        .with_momentum(momentum)
+        .init::<B, M>()
 }
 
 /// Result of one optimiser step.
@@ -53,9 +60,9 @@ pub struct StepResult<M> {
 }
 
 /// One optimiser step on a host batch: upload, forward, backward, update,
-/// then the method's post-step hook. `step` is the number of steps done
-/// before this one. With `observe`, the monitoring outputs are read back too
-/// (a device sync each, so only on logging steps).
+/// then the method's post-step hook. `progress.step` counts this step
+/// (1-based) and labels a non-finite loss. With `observe`, the monitoring
+/// outputs are read back too (a device sync each, so only on logging steps).
 pub fn train_step<B: AutodiffBackend, M: SslMethod<B>, O: Optimizer<M, B>>(
     model: M,
     optim: &mut O,
@@ -82,7 +89,10 @@ pub fn train_step<B: AutodiffBackend, M: SslMethod<B>, O: Optimizer<M, B>>(
         .map_err(|e| TrainError::Device(format!("reading the loss: {e:?}")))?
         .elem();
     if !loss.is_finite() {
-        return Err(TrainError::NonFiniteLoss { step: progress.step as i64, value: loss });
+        return Err(TrainError::NonFiniteLoss {
+            step: progress.step as i64,
+            value: loss,
+        });
     }
     let model = model.after_optimizer_step(progress);
     let (embedding_std, scalars) = if observe {
@@ -93,12 +103,21 @@ pub fn train_step<B: AutodiffBackend, M: SslMethod<B>, O: Optimizer<M, B>>(
             .convert::<f32>()
             .into_vec::<f32>()
             .map_err(|e| TrainError::Other(format!("reading embeddings: {e:?}")))?;
-        let scalars = out.scalars.into_iter().map(|(k, t)| (k, t.into_scalar().elem::<f64>())).collect();
+        let scalars = out
+            .scalars
+            .into_iter()
+            .map(|(k, t)| (k, t.into_scalar().elem::<f64>()))
+            .collect();
         (Some(embedding_std(&values, rows, dim)), scalars)
     } else {
         (None, Vec::new())
     };
-    Ok(StepResult { model, loss, embedding_std, scalars })
+    Ok(StepResult {
+        model,
+        loss,
+        embedding_std,
+        scalars,
+    })
 }
 
 /// Trains `model` for `config.train.epochs` epochs and reports through `ctx.events`.
@@ -132,7 +151,12 @@ pub fn fit<B: AutodiffBackend, M: SslMethod<B>>(
     )?;
     let steps_per_epoch = loader.batches_per_epoch;
     let total_steps = steps_per_epoch * epochs;
-    let schedule = LrSchedule::new(cfg.train.lr, batch_size, steps_per_epoch * cfg.train.warmup_epochs, total_steps);
+    let schedule = LrSchedule::new(
+        cfg.train.lr,
+        batch_size,
+        steps_per_epoch * cfg.train.warmup_epochs,
+        total_steps,
+    );
     let mut optim = sgd::<B, M>(cfg);
     let emit = |ev: TrainEvent| (ctx.events)(ev);
 
@@ -151,8 +175,11 @@ pub fn fit<B: AutodiffBackend, M: SslMethod<B>>(
                 .next()
                 .ok_or_else(|| TrainError::Other("the data loader stopped early".into()))?;
             let waited = started.elapsed();
-            let progress = StepProgress { step: step + 1, total_steps };
-            let observe = progress.step % cfg.train.log_every_steps == 0;
+            let progress = StepProgress {
+                step: step + 1,
+                total_steps,
+            };
+            let observe = progress.step.is_multiple_of(cfg.train.log_every_steps);
             let lr = schedule.lr(step);
             let result = train_step(model, &mut optim, batch, lr, progress, observe, device)?;
             model = result.model;
@@ -181,9 +208,13 @@ pub fn fit<B: AutodiffBackend, M: SslMethod<B>>(
         }
 
         let record = checkpoint::model_record_bytes(&model)?;
-        emit(checkpoint::write_atomic(ctx.checkpoint_dir, &checkpoint::epoch_file(epoch + 1), &record)?);
+        emit(checkpoint::write_atomic(
+            ctx.checkpoint_dir,
+            &checkpoint::epoch_file(epoch + 1),
+            &record,
+        )?);
         let last = epoch + 1 == epochs;
-        if last || (epoch + 1) % cfg.eval.every_epochs == 0 {
+        if last || (epoch + 1).is_multiple_of(cfg.eval.every_epochs) {
             emit_knn(&model, &train, &test, step, epoch + 1, device, ctx)?;
         }
     }
@@ -191,7 +222,11 @@ pub fn fit<B: AutodiffBackend, M: SslMethod<B>>(
 
     let backbone = model.backbone().valid();
     let bytes = checkpoint::backbone_safetensors_bytes(&backbone, &ctx.backbone)?;
-    emit(checkpoint::write_atomic(ctx.checkpoint_dir, BACKBONE_FILE, &bytes)?);
+    emit(checkpoint::write_atomic(
+        ctx.checkpoint_dir,
+        BACKBONE_FILE,
+        &bytes,
+    )?);
     Ok(Outcome::Completed)
 }
 
@@ -230,9 +265,11 @@ pub fn knn_eval<B: AutodiffBackend, M: SslMethod<B>>(
         &train.labels,
         queries,
         &test.labels,
-        train.classes.len(),
-        config.eval.knn_k,
-        config.eval.knn_temperature,
+        KnnParams {
+            k: config.eval.knn_k,
+            temperature: config.eval.knn_temperature,
+            num_classes: train.classes.len(),
+        },
         cancel,
     )
 }
@@ -265,10 +302,23 @@ pub fn time_steps<B: AutodiffBackend, M: SslMethod<B>>(
     let mut interval = Interval::default();
     for step in 0..needed {
         let started = Instant::now();
-        let batch = loader.next().ok_or_else(|| TrainError::Other("the data loader stopped early".into()))?;
+        let batch = loader
+            .next()
+            .ok_or_else(|| TrainError::Other("the data loader stopped early".into()))?;
         let waited = started.elapsed();
-        let progress = StepProgress { step: step + 1, total_steps: needed };
-        let result = train_step(model, &mut optim, batch, config.train.lr, progress, false, device)?;
+        let progress = StepProgress {
+            step: step + 1,
+            total_steps: needed,
+        };
+        let result = train_step(
+            model,
+            &mut optim,
+            batch,
+            config.train.lr,
+            progress,
+            false,
+            device,
+        )?;
         model = result.model;
         // Warm-up steps pay one-off costs (allocator, kernel selection).
         if step >= warmup {

@@ -16,15 +16,21 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// Turns the `{id}` path segment into a run id with a clear 4xx.
 pub fn parse_run_id(raw: &str) -> Result<i64, AppError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| AppError::bad_request("invalid_id", format!("run id must be a positive integer, got {raw:?}")))
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        AppError::bad_request(
+            "invalid_id",
+            format!("run id must be a positive integer, got {raw:?}"),
+        )
+    })
 }
 
 pub async fn load_run(state: &AppState, raw_id: &str) -> Result<Run, AppError> {
     let id = parse_run_id(raw_id)?;
-    state.store.get_run(id).await?.ok_or_else(|| AppError::NotFound(format!("run {id}")))
+    state
+        .store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("run {id}")))
 }
 
 pub async fn health() -> Json<Value> {
@@ -36,7 +42,10 @@ pub async fn create_run(
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
     let Json(body) = body.map_err(|e| AppError::bad_request("invalid_json", e.body_text()))?;
-    let config = RunConfig::from_json(body)?;
+    let mut config = RunConfig::from_json(body)?;
+    if let Ok(cwd) = std::env::current_dir() {
+        config.resolve_paths(&cwd);
+    }
     let run = state.store.create_run(&config).await?;
     state.executor.wake();
     Ok((StatusCode::CREATED, Json(run)))
@@ -47,24 +56,35 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-pub async fn list_runs(State(state): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
+pub async fn list_runs(
+    State(state): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let runs = state.store.list_runs(limit).await?;
     Ok(Json(json!({ "runs": runs })))
 }
 
-pub async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Run>> {
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Run>> {
     Ok(Json(load_run(&state, &id).await?))
 }
 
 /// Cancels a queued run at once; a running one stops within one step (the
 /// response then still says `running`; watch the run for `cancelled`).
-pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Run>)> {
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Run>)> {
     let run = load_run(&state, &id).await?;
     match run.status {
         RunStatus::Queued if state.store.cancel_if_queued(run.id).await? => {
             let run = load_run(&state, &id).await?;
-            state.hub.publish(run.id, &crate::live::wire::Msg::Status { run: &run });
+            state
+                .hub
+                .publish(run.id, &crate::live::wire::Msg::Status { run: &run });
             Ok((StatusCode::OK, Json(run)))
         }
         RunStatus::Queued | RunStatus::Running => {
@@ -73,7 +93,9 @@ pub async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -
             state.executor.cancel_running(run.id);
             Ok((StatusCode::ACCEPTED, Json(load_run(&state, &id).await?)))
         }
-        status => Err(AppError::Conflict(format!("run {} is already {}", run.id, status.as_str())).into()),
+        status => {
+            Err(AppError::Conflict(format!("run {} is already {}", run.id, status.as_str())).into())
+        }
     }
 }
 
@@ -91,19 +113,43 @@ pub async fn metrics(
     let run = load_run(&state, &id).await?;
     let max_points = match q.max_points.as_deref() {
         None => None,
-        Some(raw) => Some(raw.parse::<usize>().ok().filter(|n| *n >= 2).ok_or_else(|| {
-            AppError::bad_request("invalid_query", format!("max_points must be an integer >= 2, got {raw:?}"))
-        })?),
+        Some(raw) => Some(
+            raw.parse::<usize>()
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or_else(|| {
+                    AppError::bad_request(
+                        "invalid_query",
+                        format!("max_points must be an integer >= 2, got {raw:?}"),
+                    )
+                })?,
+        ),
     };
     let keys: Option<Vec<String>> = q.keys.as_deref().map(|k| {
-        k.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        k.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     });
-    let metrics = state.cache.read_many(&state.store, run.id, keys.as_deref(), max_points).await?;
+    let metrics = state
+        .cache
+        .read_many(&state.store, run.id, keys.as_deref(), max_points)
+        .await?;
     Ok(Json(json!({ "run_id": run.id, "metrics": metrics })))
 }
 
-pub async fn list_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn list_checkpoints(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let run = load_run(&state, &id).await?;
-    let list: Vec<CheckpointView> = state.store.list_checkpoints(run.id).await?.iter().map(Into::into).collect();
+    let list: Vec<CheckpointView> = state
+        .store
+        .list_checkpoints(run.id)
+        .await?
+        .iter()
+        .map(Into::into)
+        .collect();
     Ok(Json(json!({ "checkpoints": list })))
 }

@@ -48,7 +48,10 @@ impl From<askama::Error> for AppError {
 
 impl AppError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        AppError::BadRequest { code, message: message.into() }
+        AppError::BadRequest {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -99,7 +102,8 @@ impl IntoResponse for ApiError {
         let mut resp = (e.status(), Json(body)).into_response();
         if let AppError::RangeNotSatisfiable { size } = e {
             if let Ok(v) = format!("bytes */{size}").parse() {
-                resp.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
+                resp.headers_mut()
+                    .insert(axum::http::header::CONTENT_RANGE, v);
             }
         }
         resp

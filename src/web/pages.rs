@@ -90,7 +90,9 @@ pub async fn index(State(state): State<AppState>) -> Result<Page<RunsIndexPage>,
             RunRow {
                 id: r.id,
                 progress_pct: pct,
-                knn_top1: knn.get(&r.id).map_or("—".into(), |v| format!("{:.1}%", v * 100.0)),
+                knn_top1: knn
+                    .get(&r.id)
+                    .map_or("—".into(), |v| format!("{:.1}%", v * 100.0)),
                 loss: loss.get(&r.id).map_or("—".into(), |v| format!("{v:.4}")),
                 name: r.name,
                 method: r.method,
@@ -120,11 +122,15 @@ pub fn quickstart_config(data_path: &str) -> serde_json::Value {
 
 pub async fn new_run(State(state): State<AppState>) -> Result<Page<NewRunPage>, PageError> {
     let config = quickstart_config(&state.default_dataset);
-    let default_config = serde_json::to_string_pretty(&config).map_err(|e| crate::web::error::AppError::Internal(e.to_string()))?;
+    let default_config = serde_json::to_string_pretty(&config)
+        .map_err(|e| crate::web::error::AppError::Internal(e.to_string()))?;
     Ok(Page(NewRunPage { default_config }))
 }
 
-pub async fn show_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Page<RunPage>, PageError> {
+pub async fn show_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Page<RunPage>, PageError> {
     let run = load_run(&state, &id).await?;
     let checkpoints = state
         .store
@@ -143,10 +149,11 @@ pub async fn show_run(State(state): State<AppState>, Path(id): Path<String>) -> 
             }
         })
         .collect();
-    let projection_dim = match serde_json::from_value::<RunConfig>(run.config.clone()).map(|c| c.method) {
-        Ok(MethodConfig::Simclr(c)) => c.projection_dim,
-        Err(_) => 0,
-    };
+    let projection_dim =
+        match serde_json::from_value::<RunConfig>(run.config.clone()).map(|c| c.method) {
+            Ok(MethodConfig::Simclr(c)) => c.projection_dim,
+            Err(_) => 0,
+        };
     Ok(Page(RunPage {
         id: run.id,
         name: run.name,

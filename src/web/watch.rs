@@ -33,11 +33,26 @@ async fn send(socket: &mut WebSocket, text: &str) -> Result<(), ()> {
 }
 
 async fn send_snapshot(socket: &mut WebSocket, state: &AppState, run_id: i64) -> Result<(), ()> {
-    let Ok(Some(run)) = state.store.get_run(run_id).await else { return Err(()) };
-    let Ok(metrics) = state.cache.read_many(&state.store, run_id, None, Some(SNAPSHOT_POINTS)).await else {
+    let Ok(Some(run)) = state.store.get_run(run_id).await else {
         return Err(());
     };
-    let json = serde_json::to_string(&Msg::Snapshot { run: &run, metrics: &metrics }).map_err(|_| ())?;
+    let Ok(metrics) = state
+        .cache
+        .read_many(&state.store, run_id, None, Some(SNAPSHOT_POINTS))
+        .await
+    else {
+        return Err(());
+    };
+    let Ok(checkpoints) = state.store.list_checkpoints(run_id).await else {
+        return Err(());
+    };
+    let checkpoints = checkpoints.iter().map(Into::into).collect();
+    let json = serde_json::to_string(&Msg::Snapshot {
+        run: &run,
+        metrics: &metrics,
+        checkpoints,
+    })
+    .map_err(|_| ())?;
     send(socket, &json).await
 }
 

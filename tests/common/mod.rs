@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const CIFAR_ARCHIVE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cifar10-jpg.tar.gz");
+pub const CIFAR_ARCHIVE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/cifar10-jpg.tar.gz"
+);
 
 /// The CIFAR-10 image folder, unpacked once per machine into the system temp
 /// dir (never the work tree). Panics with a clear message when the archive is
@@ -19,7 +22,11 @@ pub fn cifar_root() -> PathBuf {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
         let archive = Path::new(CIFAR_ARCHIVE);
-        assert!(archive.exists(), "CIFAR-10 archive not found at {} (see ../shared/data/README.md)", archive.display());
+        assert!(
+            archive.exists(),
+            "CIFAR-10 archive not found at {} (see ../shared/data/README.md)",
+            archive.display()
+        );
         let cache = std::env::temp_dir().join("pretext-test-cache");
         let root = cache.join("cifar10-jpg").join("cifar10");
         if root.join("test").is_dir() {
@@ -30,12 +37,18 @@ pub fn cifar_root() -> PathBuf {
         // test never sees a half-unpacked tree under the final name.
         let tmp = tempfile::tempdir_in(&cache).unwrap();
         let file = std::fs::File::open(archive).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(tmp.path()).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(file))
+            .unpack(tmp.path())
+            .unwrap();
         let tmp = tmp.keep();
         if std::fs::rename(&tmp, cache.join("cifar10-jpg")).is_err() {
             let _ = std::fs::remove_dir_all(&tmp); // another process won the race
         }
-        assert!(root.join("test").is_dir(), "unexpected archive layout under {}", root.display());
+        assert!(
+            root.join("test").is_dir(),
+            "unexpected archive layout under {}",
+            root.display()
+        );
         root
     })
     .clone()
@@ -78,26 +91,45 @@ impl TestServer {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
     /// Polls the run until `pred` holds or `timeout` passes.
-    pub async fn wait_run(&self, id: i64, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_run(
+        &self,
+        id: i64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let (_, run) = self.get(&format!("/api/runs/{id}")).await;
             if pred(&run) {
                 return run;
             }
-            assert!(start.elapsed() < timeout, "timed out waiting on run {id}: {run}");
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting on run {id}: {run}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
