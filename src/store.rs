@@ -357,19 +357,23 @@ impl Store {
 
     /// Every point of one metric, in step order.
     pub async fn read_series(&self, run_id: i64, key: &str) -> Result<Series> {
-        use futures_util::TryStreamExt;
-        let mut s = Series::default();
-        let mut rows = sqlx::query(
+        let rows: Vec<(i64, i64, f64, f64)> = sqlx::query_as(
             "select step, epoch, value, wall_time from scalar where run_id = ? and key = ? order by step",
         )
         .bind(run_id)
         .bind(key)
-        .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await? {
-            s.steps.push(row.try_get(0)?);
-            s.epochs.push(row.try_get(1)?);
-            s.values.push(row.try_get(2)?);
-            s.wall_times.push(row.try_get(3)?);
+        .fetch_all(&self.pool)
+        .await?;
+        let mut s = Series::default();
+        s.steps.reserve(rows.len());
+        s.values.reserve(rows.len());
+        s.wall_times.reserve(rows.len());
+        s.epochs.reserve(rows.len());
+        for (step, epoch, value, wall_time) in rows {
+            s.steps.push(step);
+            s.epochs.push(epoch);
+            s.values.push(value);
+            s.wall_times.push(wall_time);
         }
         Ok(s)
     }
