@@ -132,6 +132,7 @@ impl Executor {
             device,
             cancel: self.flag(run_id),
         };
+        tracing::info!(run_id, name = %job.config.name, "run started");
         let (done_tx, done_rx) = oneshot::channel();
         let writer = self.writer.clone();
         let spawned = std::thread::Builder::new()
@@ -294,8 +295,9 @@ async fn apply_batch(s: &Services, batch: Vec<WriterMsg>) {
             Ok(Outcome::Cancelled) => (RunStatus::Cancelled, None),
             Err(e) => (RunStatus::Failed, Some(e)),
         };
-        if let Some(e) = &error {
-            tracing::warn!(run_id = id, "run failed: {e}");
+        match &error {
+            Some(e) => tracing::warn!(run_id = id, "run failed: {e}"),
+            None => tracing::info!(run_id = id, "run {}", status.as_str()),
         }
         match s.store.finish_run(id, status, error.as_deref()).await {
             Ok(()) => publish_status(s, id).await,

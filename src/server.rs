@@ -27,15 +27,25 @@ impl ServerConfig {
     /// checkout (if present) pre-filled in the new-run form.
     pub fn new(data_dir: PathBuf) -> Result<Self, String> {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let cifar = manifest.join("../shared/data/cifar10-jpg.tar.gz");
-        let default_dataset = std::fs::canonicalize(&cifar)
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "/path/to/image-folder".into());
+        let cwd = std::env::current_dir().unwrap_or_default();
+        // `PRETEXT_DEFAULT_DATASET`, else the CIFAR-10 archive beside the
+        // working directory or beside the source tree.
+        let default_dataset = std::env::var("PRETEXT_DEFAULT_DATASET").ok().unwrap_or_else(|| {
+            [&cwd, &manifest]
+                .iter()
+                .find_map(|base| std::fs::canonicalize(base.join("../shared/data/cifar10-jpg.tar.gz")).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/path/to/image-folder-or.tar.gz".into())
+        });
+        let static_dir = [cwd.join("static"), manifest.join("static")]
+            .into_iter()
+            .find(|d| d.join("vendor").is_dir())
+            .unwrap_or_else(|| manifest.join("static"));
         Ok(Self {
             data_dir,
-            static_dir: manifest.join("static"),
-            device: DeviceRequest::from_env()?,
+            static_dir,
             default_dataset,
+            device: DeviceRequest::from_env()?,
         })
     }
 }

@@ -621,6 +621,8 @@
 
   function setLive(state, text) {
     if (!liveEl) return;
+    // A finished run streams nothing more: say so instead of a green "live".
+    if (isTerminal() && state === 'open') { state = 'closed'; text = 'finished'; }
     liveEl.setAttribute('data-state', state);
     setText(liveEl, text || state);
   }

@@ -67,6 +67,9 @@ pub fn load(
     let root = if archive::is_archive(&config.path) {
         archive::unpack_once(&config.path, cache_dir, cancel)?
     } else {
+        if !config.path.exists() {
+            return Err(TrainError::Data(format!("{} does not exist", config.path.display())).into());
+        }
         if !config.path.is_dir() {
             return Err(TrainError::Data(format!(
                 "{} is neither a folder nor a .tar.gz archive",

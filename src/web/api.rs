@@ -24,6 +24,26 @@ pub fn parse_run_id(raw: &str) -> Result<i64, AppError> {
     })
 }
 
+/// Keeps the framework's status for a refused JSON body (413 too large,
+/// 415 not JSON, 400/422 malformed) in our error shape.
+fn json_rejection(e: JsonRejection) -> AppError {
+    let status = e.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_json",
+    };
+    AppError::Rejected { status, code, message: e.body_text() }
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError(AppError::Rejected {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: "this route does not accept that HTTP method".into(),
+    })
+}
+
 pub async fn load_run(state: &AppState, raw_id: &str) -> Result<Run, AppError> {
     let id = parse_run_id(raw_id)?;
     state
@@ -41,7 +61,7 @@ pub async fn create_run(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Run>)> {
-    let Json(body) = body.map_err(|e| AppError::bad_request("invalid_json", e.body_text()))?;
+    let Json(body) = body.map_err(json_rejection)?;
     let mut config = RunConfig::from_json(body)?;
     if let Ok(cwd) = std::env::current_dir() {
         config.resolve_paths(&cwd);

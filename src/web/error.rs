@@ -22,6 +22,10 @@ pub enum AppError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     Conflict(String),
+    /// A request the framework refused before our handler ran (body too
+    /// large: 413, wrong content type: 415, wrong method: 405...).
+    #[error("{message}")]
+    Rejected { status: StatusCode, code: &'static str, message: String },
     #[error("range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
     #[error("internal error")]
@@ -59,6 +63,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::InvalidConfig(_) | AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Rejected { status, .. } => *status,
             AppError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -70,6 +75,7 @@ impl AppError {
             AppError::InvalidConfig(_) => "invalid_config",
             AppError::BadRequest { code, .. } => code,
             AppError::Conflict(_) => "conflict",
+            AppError::Rejected { code, .. } => code,
             AppError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             AppError::Internal(_) => "internal",
         }

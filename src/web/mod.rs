@@ -42,7 +42,8 @@ pub fn app(state: AppState) -> Router {
         .route("/runs/{id}/checkpoints", get(api::list_checkpoints))
         .route("/runs/{id}/checkpoints/{name}", get(download::checkpoint))
         .route("/runs/{id}/live", get(watch::live))
-        .fallback(|| async { error::ApiError(error::AppError::NotFound("route".into())) });
+        .fallback(|| async { error::ApiError(error::AppError::NotFound("route".into())) })
+        .method_not_allowed_fallback(api::method_not_allowed);
     Router::new()
         .route("/", get(pages::index))
         .route("/runs/new", get(pages::new_run))

@@ -10,46 +10,45 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const CIFAR_ARCHIVE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/cifar10-jpg.tar.gz"
-);
+/// `PRETEXT_CIFAR_ARCHIVE`, else `../shared/data/cifar10-jpg.tar.gz` beside the checkout.
+pub fn cifar_archive() -> PathBuf {
+    std::env::var_os("PRETEXT_CIFAR_ARCHIVE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz"))
+}
 
 /// The CIFAR-10 image folder, unpacked once per machine into the system temp
-/// dir (never the work tree). Panics with a clear message when the archive is
-/// absent: CI always has it.
-pub fn cifar_root() -> PathBuf {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+/// dir (never the work tree). `None`, after saying why, when the archive is
+/// absent; in CI (which always has it) that is a failure instead.
+pub fn cifar_root() -> Option<PathBuf> {
+    static ROOT: OnceLock<Option<PathBuf>> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let archive = Path::new(CIFAR_ARCHIVE);
-        assert!(
-            archive.exists(),
-            "CIFAR-10 archive not found at {} (see ../shared/data/README.md)",
-            archive.display()
-        );
+        let archive = cifar_archive();
+        if !archive.exists() {
+            assert!(std::env::var_os("CI").is_none(), "CIFAR-10 archive not found at {} in CI", archive.display());
+            eprintln!(
+                "SKIPPED: CIFAR-10 archive not found at {} (set PRETEXT_CIFAR_ARCHIVE; see ../shared/data/README.md)",
+                archive.display()
+            );
+            return None;
+        }
         let cache = std::env::temp_dir().join("pretext-test-cache");
         let root = cache.join("cifar10-jpg").join("cifar10");
         if root.join("test").is_dir() {
-            return root;
+            return Some(root);
         }
         std::fs::create_dir_all(&cache).unwrap();
         // Unpack beside the final name, then rename: a concurrent or killed
         // test never sees a half-unpacked tree under the final name.
         let tmp = tempfile::tempdir_in(&cache).unwrap();
-        let file = std::fs::File::open(archive).unwrap();
-        tar::Archive::new(flate2::read::GzDecoder::new(file))
-            .unpack(tmp.path())
-            .unwrap();
+        let file = std::fs::File::open(&archive).unwrap();
+        tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(tmp.path()).unwrap();
         let tmp = tmp.keep();
         if std::fs::rename(&tmp, cache.join("cifar10-jpg")).is_err() {
             let _ = std::fs::remove_dir_all(&tmp); // another process won the race
         }
-        assert!(
-            root.join("test").is_dir(),
-            "unexpected archive layout under {}",
-            root.display()
-        );
-        root
+        assert!(root.join("test").is_dir(), "unexpected archive layout under {}", root.display());
+        Some(root)
     })
     .clone()
 }
@@ -141,7 +140,7 @@ pub fn quick_simclr(name: &str, epochs: usize, batch: usize, steps_per_epoch: us
         "name": name,
         "method": {"kind": "simclr", "projection_hidden_dim": 128, "projection_dim": 64},
         "backbone": {"preset": "small"},
-        "data": {"path": cifar_root(), "max_train_images": batch * steps_per_epoch, "max_test_images": 100, "workers": 1},
+        "data": {"path": cifar_root().unwrap_or_else(|| PathBuf::from("/cifar-archive-absent")), "max_train_images": batch * steps_per_epoch, "max_test_images": 100, "workers": 1},
         "train": {"epochs": epochs, "batch_size": batch, "warmup_epochs": 0, "log_every_steps": 1},
         "eval": {"knn_k": 20}
     })
