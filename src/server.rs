@@ -30,13 +30,17 @@ impl ServerConfig {
         let cwd = std::env::current_dir().unwrap_or_default();
         // `PRETEXT_DEFAULT_DATASET`, else the CIFAR-10 archive beside the
         // working directory or beside the source tree.
-        let default_dataset = std::env::var("PRETEXT_DEFAULT_DATASET").ok().unwrap_or_else(|| {
-            [&cwd, &manifest]
-                .iter()
-                .find_map(|base| std::fs::canonicalize(base.join("../shared/data/cifar10-jpg.tar.gz")).ok())
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "/path/to/image-folder-or.tar.gz".into())
-        });
+        let default_dataset = std::env::var("PRETEXT_DEFAULT_DATASET")
+            .ok()
+            .unwrap_or_else(|| {
+                [&cwd, &manifest]
+                    .iter()
+                    .find_map(|base| {
+                        std::fs::canonicalize(base.join("../shared/data/cifar10-jpg.tar.gz")).ok()
+                    })
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "/path/to/image-folder-or.tar.gz".into())
+            });
         let static_dir = [cwd.join("static"), manifest.join("static")]
             .into_iter()
             .find(|d| d.join("vendor").is_dir())

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 #[test]
 #[ignore = "trains for several minutes; run by .ci/run"]
 fn simclr_beats_random_init_on_knn() {
-    let Some(root) = common::cifar_root() else { return };
+    let Some(root) = common::cifar_root() else {
+        return;
+    };
     let config = RunConfig::from_json(serde_json::json!({
         "name": "learns",
         "method": {"kind": "simclr"},

@@ -331,16 +331,44 @@ async fn bad_input_gets_a_json_4xx_naming_the_problem() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid_json");
 
-    let r = server.http.put(format!("{}/api/runs", server.base)).send().await.unwrap();
+    let r = server
+        .http
+        .put(format!("{}/api/runs", server.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
-    let r = server.http.post(format!("{}/api/runs", server.base)).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "method_not_allowed"
+    );
+    let r = server
+        .http
+        .post(format!("{}/api/runs", server.base))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 415);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "unsupported_media_type");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unsupported_media_type"
+    );
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(3 << 20));
-    let r = server.http.post(format!("{}/api/runs", server.base)).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let r = server
+        .http
+        .post(format!("{}/api/runs", server.base))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "body_too_large");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "body_too_large"
+    );
 
     assert_eq!(server.get("/api/runs/999").await.0, 404);
     assert_eq!(server.get("/api/runs/abc").await.0, 400);

@@ -68,7 +68,9 @@ pub fn load(
         archive::unpack_once(&config.path, cache_dir, cancel)?
     } else {
         if !config.path.exists() {
-            return Err(TrainError::Data(format!("{} does not exist", config.path.display())).into());
+            return Err(
+                TrainError::Data(format!("{} does not exist", config.path.display())).into(),
+            );
         }
         if !config.path.is_dir() {
             return Err(TrainError::Data(format!(

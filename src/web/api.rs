@@ -33,7 +33,11 @@ fn json_rejection(e: JsonRejection) -> AppError {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
         _ => "invalid_json",
     };
-    AppError::Rejected { status, code, message: e.body_text() }
+    AppError::Rejected {
+        status,
+        code,
+        message: e.body_text(),
+    }
 }
 
 pub async fn method_not_allowed() -> ApiError {

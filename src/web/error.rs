@@ -25,7 +25,11 @@ pub enum AppError {
     /// A request the framework refused before our handler ran (body too
     /// large: 413, wrong content type: 415, wrong method: 405...).
     #[error("{message}")]
-    Rejected { status: StatusCode, code: &'static str, message: String },
+    Rejected {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     #[error("range not satisfiable")]
     RangeNotSatisfiable { size: u64 },
     #[error("internal error")]

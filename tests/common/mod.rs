@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 pub fn cifar_archive() -> PathBuf {
     std::env::var_os("PRETEXT_CIFAR_ARCHIVE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpg.tar.gz")
+        })
 }
 
 /// The CIFAR-10 image folder, unpacked once per machine into the system temp
