@@ -92,6 +92,41 @@ pub fn simclr_projection(input: usize, hidden: usize, output: usize) -> Vec<Bloc
     ]
 }
 
+/// SimSiam's 3-layer projector (Chen & He 2021, section 3 baseline
+/// settings; lightly `SimSiamProjectionHead`): `Linear -> BN -> ReLU ->
+/// Linear -> BN -> ReLU -> Linear -> BN`, BN on every layer including the
+/// output. The paper's output BN has no affine parameters; this one keeps
+/// Burn's (learnable scale and shift, initialised to the identity).
+pub fn simsiam_projection(input: usize, hidden: usize, output: usize) -> Vec<BlockSpec> {
+    vec![
+        BlockSpec {
+            input,
+            output: hidden,
+            batch_norm: true,
+            relu: true,
+        },
+        BlockSpec {
+            input: hidden,
+            output: hidden,
+            batch_norm: true,
+            relu: true,
+        },
+        BlockSpec {
+            input: hidden,
+            output,
+            batch_norm: true,
+            relu: false,
+        },
+    ]
+}
+
+/// SimSiam's bottleneck predictor (Chen & He 2021, section 3; lightly
+/// `SimSiamPredictionHead`): `Linear(dim, hidden) -> BN -> ReLU ->
+/// Linear(hidden, dim)`, no BN on the output.
+pub fn simsiam_prediction(dim: usize, hidden: usize) -> Vec<BlockSpec> {
+    simclr_projection(dim, hidden, dim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +141,18 @@ mod tests {
         assert!(head.blocks[1].linear.bias.is_some() && head.blocks[1].bn.is_none());
         let x = Tensor::<Flex, 2>::random([5, 8], Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(head.forward(x).dims(), [5, 4]);
+    }
+
+    #[test]
+    fn simsiam_heads_shapes_and_batch_norms() {
+        let device = Default::default();
+        let proj = ProjectionHead::<Flex>::new(&simsiam_projection(8, 6, 4), &device);
+        assert_eq!(proj.blocks.len(), 3);
+        assert!(proj.blocks.iter().all(|b| b.bn.is_some()));
+        assert!(!proj.blocks[2].relu && proj.blocks[1].relu);
+        let pred = ProjectionHead::<Flex>::new(&simsiam_prediction(4, 2), &device);
+        assert!(pred.blocks[1].bn.is_none() && pred.blocks[1].linear.bias.is_some());
+        let x = Tensor::<Flex, 2>::random([5, 8], Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(pred.forward(proj.forward(x)).dims(), [5, 4]);
     }
 }

@@ -44,6 +44,40 @@ pub fn nt_xent<B: Backend>(z_a: Tensor<B, 2>, z_b: Tensor<B, 2>, temperature: f6
     log_prob.gather(1, positives).mean().neg() // [1]
 }
 
+/// Row-wise cosine similarity, each row L2-normalised with [`l2_normalize`]'s
+/// epsilon.
+///
+/// # Shapes
+/// `[n, d]`, `[n, d]` -> `[n]`
+pub fn cosine_similarity<B: Backend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 1> {
+    let [n, _] = a.dims();
+    (l2_normalize(a) * l2_normalize(b)).sum_dim(1).reshape([n])
+}
+
+/// SimSiam's negative cosine similarity `D(p, z) = -mean_i cos(p_i, z_i)`
+/// (Chen & He 2021, eq. 1). The caller applies the stop-gradient to `z`.
+///
+/// # Shapes
+/// - `p`, `z`: `[n, d]`
+/// - output: `[1]`
+pub fn negative_cosine<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
+    cosine_similarity(p, z).mean().neg()
+}
+
+/// BYOL's normalised mean squared error, `mean_i ||p_i/|p_i| - z_i/|z_i|||^2
+/// = mean_i (2 - 2 cos(p_i, z_i))` (Grill et al. 2020, eq. 2). The caller
+/// passes the target projection `z` without gradients.
+///
+/// # Shapes
+/// - `p`, `z`: `[n, d]`
+/// - output: `[1]`
+pub fn normalized_mse<B: Backend>(p: Tensor<B, 2>, z: Tensor<B, 2>) -> Tensor<B, 1> {
+    cosine_similarity(p, z)
+        .mul_scalar(-2.0)
+        .add_scalar(2.0)
+        .mean()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +153,58 @@ mod tests {
         let got = f64::from(nt_xent(a.clone(), a, 0.1).into_scalar());
         let expected = -(10f64.exp() / (10f64.exp() + 2.0)).ln();
         assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    }
+
+    fn naive_cosines(a: &[Vec<f64>], b: &[Vec<f64>]) -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| {
+                let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+                let nx = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                let ny = y.iter().map(|v| v * v).sum::<f64>().sqrt();
+                dot / (nx * ny)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn negative_cosine_and_normalized_mse_match_a_per_row_loop() {
+        let device = Default::default();
+        for (n, d) in [(1, 2), (5, 8), (9, 3)] {
+            let p = Tensor::<Flex, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+            let z = Tensor::<Flex, 2>::random([n, d], Distribution::Normal(0.0, 1.0), &device);
+            let cos = naive_cosines(&rows(&p), &rows(&z));
+            let want_neg = -cos.iter().sum::<f64>() / n as f64;
+            // BYOL: squared distance of the normalised rows, summed per row.
+            let pn = rows(&p);
+            let zn = rows(&z);
+            let want_mse = pn
+                .iter()
+                .zip(&zn)
+                .map(|(x, y)| {
+                    let lx = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    let ly = y.iter().map(|v| v * v).sum::<f64>().sqrt();
+                    x.iter()
+                        .zip(y)
+                        .map(|(a, b)| (a / lx - b / ly).powi(2))
+                        .sum::<f64>()
+                })
+                .sum::<f64>()
+                / n as f64;
+            let got_neg = f64::from(negative_cosine(p.clone(), z.clone()).into_scalar());
+            let got_mse = f64::from(normalized_mse(p, z).into_scalar());
+            assert!((got_neg - want_neg).abs() < 1e-5, "{got_neg} vs {want_neg}");
+            assert!((got_mse - want_mse).abs() < 1e-5, "{got_mse} vs {want_mse}");
+        }
+        // Aligned rows: -1 and 0; opposite rows: 1 and 4.
+        let a = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![1.0f32, 2.0, -3.0, 0.5], [2, 2]),
+            &device,
+        );
+        let neg = f64::from(negative_cosine(a.clone(), a.clone() * 3.0).into_scalar());
+        assert!((neg + 1.0).abs() < 1e-6, "{neg}");
+        let mse = f64::from(normalized_mse(a.clone(), a.neg()).into_scalar());
+        assert!((mse - 4.0).abs() < 1e-5, "{mse}");
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! means a config variant, a module implementing [`SslMethod`], and one arm
 //! in [`build`]; the loop in `train::trainer` stays untouched.
 
+pub mod byol;
 pub mod heads;
 pub mod losses;
 pub mod simclr;
+pub mod simsiam;
 
 use crate::config::{MethodConfig, RunConfig};
 use crate::train::augment::AugmentParams;
@@ -90,5 +92,61 @@ pub fn build<B: AutodiffBackend, V: MethodVisitor<B>>(
     let backbone = ResNetConfig::preset(config.backbone.preset);
     match &config.method {
         MethodConfig::Simclr(c) => visitor.visit(simclr::SimClr::<B>::new(c, &backbone, device)),
+        MethodConfig::Simsiam(c) => visitor.visit(simsiam::SimSiam::<B>::new(c, &backbone, device)),
+        MethodConfig::Byol(c) => visitor.visit(byol::Byol::<B>::new(c, &backbone, device)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::train::loader::HostBatch;
+    use crate::train::trainer::train_step;
+    use burn::backend::{Autodiff, Flex};
+    use burn::optim::momentum::MomentumConfig;
+    use burn::optim::SgdConfig;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    type B = Autodiff<Flex>;
+
+    /// Runs `steps` real optimiser steps (SGD, momentum 0.9, lr 0.05) of the
+    /// generic `train_step` on one fixed tiny batch (8 images of 16x16, the
+    /// second view a noisy copy of the first) and returns every step's loss.
+    pub(crate) fn losses_on_a_fixed_batch<M: SslMethod<B>>(mut model: M, steps: usize) -> Vec<f64> {
+        let (batch, size) = (8, 16);
+        let mut rng = SmallRng::seed_from_u64(7);
+        let a: Vec<f32> = (0..batch * 3 * size * size)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = a
+            .iter()
+            .map(|&x| x + 0.3 * (rng.random::<f32>() - 0.5))
+            .collect();
+        let mut optim = SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
+            ))
+            .init::<B, M>();
+        let device = Default::default();
+        let mut losses = Vec::new();
+        for step in 1..=steps {
+            let host = HostBatch {
+                batch,
+                size,
+                views: vec![a.clone(), b.clone()],
+                epoch: 0,
+                index: step - 1,
+            };
+            let progress = StepProgress {
+                step,
+                total_steps: steps,
+            };
+            let result = train_step(model, &mut optim, host, 0.05, progress, true, &device)
+                .expect("train step");
+            model = result.model;
+            losses.push(result.loss);
+        }
+        losses
     }
 }

@@ -54,6 +54,7 @@ pub fn bench_simclr_step(
     let chosen = device::resolve(device)?;
     let config = RunConfig {
         name: "bench".into(),
+        // Informational: the model below is built from `Bench::simclr`.
         method: MethodConfig::Simclr(SimclrConfig::default()),
         backbone: BackboneConfig { preset },
         data: DataConfig {
@@ -84,6 +85,7 @@ pub fn bench_simclr_step(
     let interval = device::dispatch(
         chosen,
         Bench {
+            simclr: SimclrConfig::default(),
             config: &config,
             images,
             steps,
@@ -101,6 +103,7 @@ pub fn bench_simclr_step(
 }
 
 struct Bench<'a> {
+    simclr: SimclrConfig,
     config: &'a RunConfig,
     images: Arc<ImageSet>,
     steps: usize,
@@ -110,9 +113,8 @@ impl BackendTask for Bench<'_> {
     type Output = Result<super::monitor::Interval, TrainError>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Self::Output {
-        let MethodConfig::Simclr(simclr) = &self.config.method;
         let model = SimClr::<B>::new(
-            simclr,
+            &self.simclr,
             &ResNetConfig::preset(self.config.backbone.preset),
             &device,
         );

@@ -9,6 +9,8 @@ pub mod keys {
     pub const LR: &str = "train/lr";
     pub const IMAGES_PER_SEC: &str = "train/images_per_sec";
     pub const EMBEDDING_STD: &str = "train/embedding_std";
+    /// lightly's collapse level, from the same embedding (see [`super::collapse_level`]).
+    pub const COLLAPSE: &str = "train/collapse";
     pub const DATA_WAIT_FRAC: &str = "train/data_wait_frac";
     pub const KNN_TOP1: &str = "knn/top1";
 }
@@ -57,6 +59,16 @@ pub fn embedding_std(values: &[f32], rows: usize, dim: usize) -> f64 {
         total += var.sqrt();
     }
     total / dim as f64
+}
+
+/// lightly's collapse level (its SimSiam tutorial's `collapse_level`, after
+/// the SimSiam paper's section 4.1 analysis): `max(0, 1 - sqrt(dim) * std)`
+/// with `std` from [`embedding_std`]. 0 when the normalised rows spread like
+/// uniform points on the sphere (std = 1 / sqrt(dim)), 1 when every row
+/// points the same way (std = 0). lightly smooths `std` with an EMA over
+/// steps; here it is the logging step's own value.
+pub fn collapse_level(embedding_std: f64, dim: usize) -> f64 {
+    (1.0 - (dim as f64).sqrt() * embedding_std).max(0.0)
 }
 
 /// Accumulates the steps between two logging points.
@@ -175,6 +187,25 @@ mod tests {
         // Rows (1, 0) and (0, 1): per-dim values {1, 0}, unbiased std sqrt(0.5).
         let std = embedding_std(&[1.0, 0.0, 0.0, 1.0], 2, 2);
         assert!((std - 0.5f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn collapse_level_is_near_zero_when_spread_and_one_when_collapsed() {
+        let (rows, dim) = (2048, 32);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let values: Vec<f32> = (0..rows * dim)
+            .map(|_| {
+                let (u1, u2): (f32, f32) = (rng.random::<f32>().max(1e-7), rng.random());
+                (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+            })
+            .collect();
+        let healthy = collapse_level(embedding_std(&values, rows, dim), dim);
+        assert!(healthy < 0.05, "{healthy}");
+        // Identical rows.
+        let same: Vec<f32> = (0..rows).flat_map(|_| values[..dim].to_vec()).collect();
+        let collapsed = collapse_level(embedding_std(&same, rows, dim), dim);
+        assert!(collapsed > 0.99, "{collapsed}");
+        assert_eq!(collapse_level(0.5, 16), 0.0, "clamped at 0");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use super::checkpoint::{self, BACKBONE_FILE};
 use super::data::{Datasets, ImageSet};
 use super::knn::{extract_features, knn_top1, KnnParams};
 use super::loader::{HostBatch, Loader, LoaderConfig};
-use super::monitor::{embedding_std, keys, Interval, PointBatch};
+use super::monitor::{collapse_level, embedding_std, keys, Interval, PointBatch};
 use super::resnet::ResNetConfig;
 use super::schedule::LrSchedule;
 use super::{EventSink, Halt, Outcome, TrainError, TrainEvent};
@@ -55,6 +55,8 @@ pub struct StepResult<M> {
     pub loss: f64,
     /// Std of the L2-normalised embedding, only when asked for.
     pub embedding_std: Option<f64>,
+    /// lightly's collapse level of the same embedding, only when asked for.
+    pub collapse: Option<f64>,
     /// The method's extra scalars, only when asked for.
     pub scalars: Vec<(&'static str, f64)>,
 }
@@ -95,7 +97,7 @@ pub fn train_step<B: AutodiffBackend, M: SslMethod<B>, O: Optimizer<M, B>>(
         });
     }
     let model = model.after_optimizer_step(progress);
-    let (embedding_std, scalars) = if observe {
+    let (embedding_std, collapse, scalars) = if observe {
         let [rows, dim] = out.embedding.dims();
         let values = out
             .embedding
@@ -108,14 +110,16 @@ pub fn train_step<B: AutodiffBackend, M: SslMethod<B>, O: Optimizer<M, B>>(
             .into_iter()
             .map(|(k, t)| (k, t.into_scalar().elem::<f64>()))
             .collect();
-        (Some(embedding_std(&values, rows, dim)), scalars)
+        let std = embedding_std(&values, rows, dim);
+        (Some(std), Some(collapse_level(std, dim)), scalars)
     } else {
-        (None, Vec::new())
+        (None, None, Vec::new())
     };
     Ok(StepResult {
         model,
         loss,
         embedding_std,
+        collapse,
         scalars,
     })
 }
@@ -198,6 +202,7 @@ pub fn fit<B: AutodiffBackend, M: SslMethod<B>>(
                 points.push(keys::LR, lr);
                 points.push(keys::IMAGES_PER_SEC, interval.images_per_sec());
                 points.push(keys::EMBEDDING_STD, result.embedding_std.unwrap_or(0.0));
+                points.push(keys::COLLAPSE, result.collapse.unwrap_or(0.0));
                 points.push(keys::DATA_WAIT_FRAC, interval.data_wait_frac());
                 for (key, value) in result.scalars {
                     points.push(key, value);

@@ -3,7 +3,7 @@
 use super::api::load_run;
 use super::error::{Page, PageError};
 use super::AppState;
-use crate::config::{MethodConfig, RunConfig};
+use crate::config::RunConfig;
 use crate::live::wire::CheckpointView;
 use askama::Template;
 use axum::extract::{Path, State};
@@ -149,11 +149,8 @@ pub async fn show_run(
             }
         })
         .collect();
-    let projection_dim =
-        match serde_json::from_value::<RunConfig>(run.config.clone()).map(|c| c.method) {
-            Ok(MethodConfig::Simclr(c)) => c.projection_dim,
-            Err(_) => 0,
-        };
+    let projection_dim = serde_json::from_value::<RunConfig>(run.config.clone())
+        .map_or(0, |c| c.method.embedding_dim());
     Ok(Page(RunPage {
         id: run.id,
         name: run.name,
