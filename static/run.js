@@ -81,6 +81,9 @@
 
   // -------------------------------------------------------------- chart specs
 
+  // Where the collapse chart turns red; lightly's examples treat values
+  // approaching 1 as collapse, so 0.7 warns well before that.
+  var COLLAPSE_WARN = 0.7;
   var refStd = projectionDim > 0 ? 1 / Math.sqrt(projectionDim) : null;
 
   var SPECS = [
@@ -93,6 +96,10 @@
     { key: 'train/embedding_std', title: 'Embedding std', label: 'std', color: '#7c3aed', fill: 'rgba(124,58,237,0.07)',
       caption: refStd != null ? 'healthy ≈ 1/√d = ' + fmtNum(refStd) + ' (d = ' + projectionDim + ') · collapse → 0' : 'collapse → 0',
       reference: refStd, zeroBased: true, last: fmtNum },
+    // lightly's collapse level, max(0, 1 - sqrt(d) * std): 0 healthy, 1 collapsed.
+    { key: 'train/collapse', title: 'Collapse level', label: 'collapse', color: '#dc2626', fill: 'rgba(220,38,38,0.06)',
+      caption: 'lightly\'s max(0, 1 − √d·std): 0 healthy, 1 collapsed; warning above ' + COLLAPSE_WARN,
+      reference: COLLAPSE_WARN, referenceLabel: 'warning', zeroBased: true, warnAbove: COLLAPSE_WARN, last: fmtNum },
     { key: 'train/lr', title: 'Learning rate', label: 'lr', color: '#d97706', fill: null,
       zeroBased: true, last: fmtNum },
     { key: 'train/images_per_sec', title: 'Throughput', label: 'images/s', color: '#0891b2', fill: 'rgba(8,145,178,0.07)',
@@ -252,7 +259,7 @@
     if (spec.points) series[1].points = { show: true, size: 6 };
     if (spec.reference != null) {
       series.push({
-        label: '1/√d (healthy)',
+        label: spec.referenceLabel || '1/√d (healthy)',
         stroke: '#64748b',
         width: 1.5,
         dash: [6, 5],
@@ -307,11 +314,23 @@
     return data;
   }
 
+  function addChart(spec) {
+    specByKey[spec.key] = spec;
+    var parts = buildCard(spec);
+    cards[spec.key] = parts;
+    charts[spec.key] = makeChart(spec, parts);
+    if (typeof ro !== 'undefined' && ro) ro.observe(parts.card);
+  }
+
   function updateLast(key) {
     var spec = specByKey[key];
     var parts = cards[key];
     var s = store[key];
     var n = s ? s.steps.length : 0;
+    if (spec.warnAbove != null) {
+      var latest = n ? s.values[n - 1] : null;
+      parts.card.classList.toggle('chart-warn', latest != null && latest > spec.warnAbove);
+    }
     parts.empty.hidden = n > 0;
     parts.card.classList.toggle('is-empty', n === 0);
     if (n === 0) { parts.last.textContent = '—'; parts.last.title = 'Latest value'; return; }
@@ -340,7 +359,11 @@
     var keys = Object.keys(dirty);
     dirty = {};
     keys.forEach(function (key) {
-      if (!charts[key]) return;
+      if (!charts[key]) {
+        // Any other metric a method reports (e.g. train/byol/tau) gets a chart too.
+        if (!store[key] || !store[key].steps.length) return;
+        addChart({ key: key, title: key, label: key.split('/').pop(), color: '#475569', fill: null, last: fmtNum });
+      }
       charts[key].setData(chartData(key));
       updateLast(key);
     });
