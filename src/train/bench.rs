@@ -140,13 +140,4 @@ mod tests {
         assert!(r.images_per_sec > 0.0 && r.step_ms > 0.0);
         assert!((0.0..=1.0).contains(&r.data_wait_frac));
     }
-
-    /// The figure asked for in the issue: Small preset, batch 128, CPU.
-    /// `cargo test --lib train::bench -- --ignored --nocapture`
-    #[test]
-    #[ignore = "measurement, ~1 minute on 2 cores"]
-    fn measure_small_batch128_cpu() {
-        let r = bench_simclr_step(BackbonePreset::Small, 128, 10, DeviceRequest::Cpu).unwrap();
-        println!("{r:?}");
-    }
 }
