@@ -311,43 +311,18 @@ impl RunConfig {
         match &self.method {
             MethodConfig::Simclr(c) => {
                 positive_finite("method.temperature", c.temperature)?;
-                range("method.projection_dim", c.projection_dim, 1, 65_536)?;
-                range(
-                    "method.projection_hidden_dim",
-                    c.projection_hidden_dim,
-                    1,
-                    65_536,
-                )?;
+                width("method.projection_dim", c.projection_dim)?;
+                width("method.projection_hidden_dim", c.projection_hidden_dim)?;
             }
             MethodConfig::Simsiam(c) => {
-                range("method.projection_dim", c.projection_dim, 1, 65_536)?;
-                range(
-                    "method.projection_hidden_dim",
-                    c.projection_hidden_dim,
-                    1,
-                    65_536,
-                )?;
-                range(
-                    "method.prediction_hidden_dim",
-                    c.prediction_hidden_dim,
-                    1,
-                    65_536,
-                )?;
+                width("method.projection_dim", c.projection_dim)?;
+                width("method.projection_hidden_dim", c.projection_hidden_dim)?;
+                width("method.prediction_hidden_dim", c.prediction_hidden_dim)?;
             }
             MethodConfig::Byol(c) => {
-                range("method.projection_dim", c.projection_dim, 1, 65_536)?;
-                range(
-                    "method.projection_hidden_dim",
-                    c.projection_hidden_dim,
-                    1,
-                    65_536,
-                )?;
-                range(
-                    "method.prediction_hidden_dim",
-                    c.prediction_hidden_dim,
-                    1,
-                    65_536,
-                )?;
+                width("method.projection_dim", c.projection_dim)?;
+                width("method.projection_hidden_dim", c.projection_hidden_dim)?;
+                width("method.prediction_hidden_dim", c.prediction_hidden_dim)?;
                 if !(0.0..1.0).contains(&c.tau_base) {
                     return Err(ConfigError::new(
                         "method.tau_base",
@@ -410,6 +385,11 @@ impl RunConfig {
         range("eval.every_epochs", self.eval.every_epochs, 1, 100_000)?;
         Ok(())
     }
+}
+
+/// A layer width: at least 1, at most 65,536 (a sanity bound, not a paper's).
+fn width(field: &str, v: usize) -> Result<(), ConfigError> {
+    range(field, v, 1, 65_536)
 }
 
 fn range(field: &str, v: usize, lo: usize, hi: usize) -> Result<(), ConfigError> {

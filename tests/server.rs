@@ -395,6 +395,16 @@ fn synthetic(key: &str, steps: std::ops::Range<i64>, f: impl Fn(i64) -> f64) -> 
         .collect()
 }
 
+async fn stored_loss_points(server: &TestServer, id: i64) -> usize {
+    let (_, all) = server
+        .get(&format!("/api/runs/{id}/metrics?keys=train/loss"))
+        .await;
+    all["metrics"]["train/loss"]["steps"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
 /// Acceptance 2: `max_points` keeps each bucket's extremes (a spike every
 /// n-th sampling would drop survives), and no budget returns every point.
 #[tokio::test]
@@ -414,16 +424,7 @@ async fn downsampled_metrics_keep_extremes() {
     });
     server.state.store.insert_points(id, &points).await.unwrap();
 
-    let (_, all) = server
-        .get(&format!("/api/runs/{id}/metrics?keys=train/loss"))
-        .await;
-    assert_eq!(
-        all["metrics"]["train/loss"]["steps"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10_000
-    );
+    assert_eq!(stored_loss_points(&server, id).await, 10_000);
 
     let (_, few) = server
         .get(&format!(
@@ -467,16 +468,7 @@ async fn downsampled_metrics_keep_extremes() {
         .cache
         .append(id, &synthetic("train/loss", 9_990..10_010, |_| 0.5))
         .await;
-    let (_, all) = server
-        .get(&format!("/api/runs/{id}/metrics?keys=train/loss"))
-        .await;
-    assert_eq!(
-        all["metrics"]["train/loss"]["steps"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10_010
-    );
+    assert_eq!(stored_loss_points(&server, id).await, 10_010);
 
     let (code, body) = server
         .get(&format!("/api/runs/{id}/metrics?max_points=1"))
